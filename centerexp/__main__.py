@@ -1,0 +1,3 @@
+from centerexp.cli import main
+
+main()

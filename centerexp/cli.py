@@ -1,0 +1,104 @@
+"""The `centerexp` command line: a thin Typer layer over plain functions.
+
+Errors the user can fix print one line (``error: ...``) and exit non-zero; tracebacks only with
+``centerexp --debug ...`` or ``CENTEREXP_DEBUG=1``.
+"""
+
+import functools
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from centerexp.errors import CenterexpError
+
+app = typer.Typer(
+    help="Train, reproduce and compare center-loss experiments on MNIST.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _debug() -> bool:
+    return os.environ.get("CENTEREXP_DEBUG", "") not in ("", "0")
+
+
+def guarded(fn):
+    """Turn CenterexpError (and anything unexpected) into one line on stderr and an exit status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CenterexpError as e:
+            if _debug():
+                raise
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if _debug():
+                raise
+            typer.echo(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (same as CENTEREXP_DEBUG=1)."),
+):
+    if debug:
+        os.environ["CENTEREXP_DEBUG"] = "1"
+
+
+def _command_line() -> str:
+    return shlex.join(["centerexp", *sys.argv[1:]])
+
+
+@app.command()
+@guarded
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config, e.g. configs/v1_0.yaml (not needed with --resume)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set train.epochs=2 (repeatable)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder that holds run folders."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name [default: the config file's stem]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last complete epoch."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: accept a config that differs from the checkpoint's."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Same as --set train.deterministic=true."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):  # fmt: skip
+    """Train one run: writes RUNS_DIR/NAME/ (config, metrics, checkpoints, plots)."""
+    from centerexp.train import resume_run, start_run
+
+    overrides = list(set_) + (["train.deterministic=true"] if deterministic else [])
+    progress = False if quiet else None
+    if resume is not None:
+        if config is not None:
+            raise CenterexpError("give either CONFIG or --resume RUN, not both (a resumed run uses its own config.yaml)", 2)
+        run_dir, summary = resume_run(resume, overrides, allow_config_change, _command_line(), progress)
+    else:
+        if config is None:
+            raise CenterexpError("missing CONFIG (e.g. configs/v1_0.yaml) or --resume RUN", 2)
+        run_dir, summary = start_run(config, overrides, runs_dir, name, overwrite, _command_line(), progress)
+    acc = summary.get("final_test_acc")
+    acc_text = f", final test acc {acc:.4f}, best {summary['best_test_acc']:.4f}" if acc is not None else ""
+    typer.echo(f"{run_dir}: {summary['status']} after {summary.get('epochs_done', 0)} epochs{acc_text}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""MNIST, shipped with the package: verify, unpack once into a cache, load whole splits as tensors.
+
+The four original IDX files travel gzip-compressed inside the package (centerexp/assets/mnist).
+On first use they are checked against the SHA-256 sums below (of the uncompressed bytes) and
+unpacked into ``<root>/MNIST/raw/``, the layout torchvision's ``datasets.MNIST`` reads. Each
+split is then held in memory as one uint8 tensor on the training device and converted to float
+per batch, so no DataLoader or worker processes are involved.
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from centerexp.config import DataConfig
+from centerexp.errors import CenterexpError
+
+PACKAGED = Path(__file__).parent / "assets" / "mnist"
+
+# SHA-256 of the uncompressed original IDX files (Y. LeCun, C. Cortes, C. J. C. Burges; CC BY-SA 3.0).
+SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+MEAN, STD = 0.1307, 0.3081  # the usual MNIST statistics, used only with data.normalize
+
+
+def default_root() -> Path:
+    if os.environ.get("CENTEREXP_DATA"):
+        return Path(os.environ["CENTEREXP_DATA"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "centerexp"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: Path, name: str, fix: str) -> None:
+    if not path.is_file():
+        raise CenterexpError(f"MNIST file missing: {path} ({fix})")
+    digest = sha256_of(path)
+    if digest != SHA256[name]:
+        raise CenterexpError(
+            f"MNIST file {path} fails its checksum: sha256 {digest[:12]}..., expected {SHA256[name][:12]}... ({fix})"
+        )
+
+
+def prepare_mnist(root: Path, download: bool = False, packaged: Path = PACKAGED) -> Path:
+    """Make sure ``root/MNIST/raw`` holds the four verified IDX files; return ``root``.
+
+    Raises CenterexpError naming the file on a missing or corrupt file, never continues silently.
+    """
+    raw = root / "MNIST" / "raw"
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CenterexpError(f"cannot create the MNIST cache folder {raw}: {e.strerror}") from None
+    if download:
+        from torchvision.datasets import MNIST
+
+        for train in (True, False):
+            MNIST(str(root), train=train, download=True)
+    for name in SHA256:
+        target = raw / name
+        if not target.exists():
+            source = packaged / f"{name}.gz"
+            if not source.is_file():
+                raise CenterexpError(f"MNIST file missing from the package: {source} (reinstall centerexp)")
+            tmp = target.with_suffix(".partial")
+            try:
+                with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as e:
+                tmp.unlink(missing_ok=True)
+                raise CenterexpError(f"cannot unpack MNIST file {source}: {e}") from None
+            try:
+                _check(tmp, name, "the packaged copy is damaged: reinstall centerexp")
+            except CenterexpError:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, target)
+        else:
+            _check(target, name, "delete it and it will be unpacked again")
+    return root
+
+
+@dataclass
+class Split:
+    """One MNIST split held as tensors on the training device."""
+
+    images: torch.Tensor  # uint8, (N, 1, 28, 28)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _subset(split: Split, n: int | None, mode: str, seed: int) -> Split:
+    if n is None or n >= len(split):
+        return split
+    if mode == "first":
+        idx = torch.arange(n)
+    else:  # random: its own generator, so the subset does not depend on anything else drawn
+        idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Split(split.images[idx], split.labels[idx])
+
+
+def load_mnist(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> tuple[Split, Split]:
+    """Return (train, test) splits, subset as configured, resident on ``device``."""
+    from torchvision.datasets import MNIST
+
+    root = Path(cfg.root) if cfg.root else default_root()
+    prepare_mnist(root, download=cfg.download)
+    splits = []
+    for train, n in ((True, cfg.train_subset), (False, cfg.test_subset)):
+        ds = MNIST(str(root), train=train, download=False)
+        split = Split(ds.data.unsqueeze(1), ds.targets.long())
+        split = _subset(split, n, cfg.subset_mode, seed)
+        splits.append(Split(split.images.to(device), split.labels.to(device)))
+    return splits[0], splits[1]
+
+
+def to_float(images: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """uint8 images -> float in [0, 1] like ToTensor(); optionally standardised."""
+    x = images.float().div_(255.0)
+    if normalize:
+        x = x.sub_(MEAN).div_(STD)
+    return x

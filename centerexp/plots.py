@@ -1,0 +1,93 @@
+"""Figures: loss/accuracy curves and the classic 2-D feature scatter with the centers marked."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+DIGIT_COLORS = plt.get_cmap("tab10").colors
+
+
+def _save(fig, path: Path) -> None:
+    """Render to a temp name then rename, so a plot is never seen half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_loss_curves(metrics: dict[str, list[float]], path: Path, title: str = "") -> None:
+    """Total / CE / center loss (train and test) and accuracy against epoch."""
+    epochs = metrics["epoch"]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    panels = [("loss", "total loss"), ("ce", "cross-entropy"), ("center", "center loss")]
+    for ax, (key, label) in zip(axes, panels):
+        ax.plot(epochs, metrics[f"train_{key}"], "o-", label="train", ms=3)
+        ax.plot(epochs, metrics[f"test_{key}"], "s--", label="test", ms=3)
+        ax.set(xlabel="epoch", ylabel=label, title=label)
+        if all(v > 0 for v in metrics[f"train_{key}"] + metrics[f"test_{key}"]):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax = axes[3]
+    ax.plot(epochs, metrics["train_acc"], "o-", label="train", ms=3)
+    ax.plot(epochs, metrics["test_acc"], "s--", label="test", ms=3)
+    ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def scatter_features(ax, features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor | None, title: str):
+    """One panel: points coloured by digit, centers as black-edged stars."""
+    f = features.detach().float().cpu()
+    y = labels.cpu()
+    for digit in range(10):
+        m = y == digit
+        ax.scatter(f[m, 0], f[m, 1], s=2, alpha=0.5, color=DIGIT_COLORS[digit], label=str(digit), rasterized=True)
+    if centers is not None:
+        c = centers.detach().float().cpu()
+        ax.scatter(c[:, 0], c[:, 1], s=140, marker="*", c=DIGIT_COLORS[: len(c)], edgecolors="black", linewidths=1.0, label="centers")
+    ax.set(title=title, xlabel="feature 1", ylabel="feature 2")
+    ax.grid(alpha=0.3)
+
+
+def plot_features(panels: list[tuple], path: Path, title: str = "") -> None:
+    """Side-by-side feature scatters; each panel is (features, labels, centers, title)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6), squeeze=False)
+    for ax, (features, labels, centers, panel_title) in zip(axes[0], panels):
+        scatter_features(ax, features, labels, centers, panel_title)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", markerscale=4, title="digit")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    _save(fig, path)
+
+
+def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
+    """Assemble PNG frames into an animated GIF (last frame held longer); False when no frames."""
+    from PIL import Image
+
+    if not frames:
+        return False
+    images = [Image.open(p).convert("RGB") for p in frames]
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 4]
+    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.gif")
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    tmp.replace(path)
+    return True
+
+
+def feature_gif(run_dir: Path) -> Path | None:
+    """plots/features.gif from the per-epoch frames in plots/features/."""
+    frames = sorted((Path(run_dir) / "plots" / "features").glob("epoch_*.png"))
+    out = Path(run_dir) / "plots" / "features.gif"
+    return out if make_gif(frames, out) else None

@@ -1,0 +1,486 @@
+"""Training: one run of cross-entropy + center loss, epoch by epoch, into a run folder.
+
+Reads top to bottom: set up (device, precision, seeds, data, model, optimizers), maybe restore a
+checkpoint, then per epoch train -> evaluate -> log -> checkpoint -> plots. Everything a resumed
+run needs is in the checkpoint dict, so a resumed run continues bit for bit.
+"""
+
+import contextlib
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from centerexp import plots
+from centerexp.config import Config, diff_configs, dump_config
+from centerexp.data import Split, load_mnist, to_float
+from centerexp.errors import CenterexpError
+from centerexp.losses import CenterLoss
+from centerexp.models import build_model, is_conv
+from centerexp.runs import (
+    MetricsLog,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    env_info,
+    metrics_columns,
+    read_json,
+    write_json,
+)
+
+CHECKPOINT_FORMAT = 1
+
+
+class Interrupted(CenterexpError):
+    """SIGINT / SIGTERM arrived; the run stopped cleanly. Exit status 128 + signal, as shells do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: device, precision, determinism, seeds
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CenterexpError("train.device is 'cuda' but no CUDA GPU is available (use auto or cpu)", exit_code=2)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX-BF16 or AVX512-BF16: oneDNN runs bf16 convolutions several times faster than fp32 there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if device.type == "cuda" and deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must precede the first cuBLAS call
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state(shuffle: torch.Generator) -> dict:
+    """Every random state the run touches, as plain data (loads with weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle": shuffle.get_state(),
+    }  # fmt: skip
+
+
+def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    shuffle.set_state(state["shuffle"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, loss, optimizers
+
+
+@dataclass
+class Parts:
+    """The trainable pieces of one run, built from its config."""
+
+    model: torch.nn.Module
+    center_loss: CenterLoss
+    optimizer: torch.optim.Optimizer
+    center_optimizer: torch.optim.Optimizer | None  # None when center_update is ema
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+
+
+def build_parts(cfg: Config, device: torch.device) -> Parts:
+    """Model and centers drawn from the (already seeded) global RNG; shuffle order from its own generator."""
+    model = build_model(cfg.model).to(device)
+    if cfg.train.channels_last and is_conv(model):
+        model = model.to(memory_format=torch.channels_last)
+    center_loss = CenterLoss(10, cfg.model.feat_dim, cfg.loss.distance, cfg.loss.lamda, cfg.loss.count_normalized)
+    center_loss = center_loss.to(device)
+    # foreach: one fused kernel sequence per step instead of one per parameter tensor.
+    if cfg.train.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, foreach=True)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
+    if cfg.loss.center_update == "sgd":
+        center_optimizer = torch.optim.SGD(center_loss.parameters(), lr=cfg.loss.center_lr)
+    else:
+        center_loss.centers.requires_grad_(False)  # moved only by update_centers
+        center_optimizer = None
+    step = cfg.train.lr_step_epochs or 10**9  # null: a step that never comes, i.e. constant lr
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step, gamma=cfg.train.lr_gamma)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    return Parts(model, center_loss, optimizer, center_optimizer, scheduler, shuffle)
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def prepare_batch(images: torch.Tensor, cfg: Config, channels_last: bool) -> torch.Tensor:
+    x = to_float(images, cfg.data.normalize)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch of training, one evaluation pass
+
+
+class StopFlag:
+    """Set by SIGINT / SIGTERM; checked after every step."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, frame):
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train_one_epoch(parts: Parts, split: Split, cfg: Config, device, precision, channels_last, epoch, stop, progress):
+    """One pass over the shuffled training split; returns mean losses, accuracy and the features seen."""
+    model, center_loss = parts.model, parts.center_loss
+    model.train()
+    n, bs = len(split), cfg.train.batch_size
+    perm = torch.randperm(n, generator=parts.shuffle).to(device)
+    starts = [s for s in range(0, n, bs) if n - s > 1 or s == 0]  # BatchNorm cannot train on a lone sample
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, center (x batch size), correct
+    seen = 0
+    features_seen, labels_seen = [], []
+    for batch, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")):
+        idx = perm[start : start + bs]
+        x, y = prepare_batch(split.images[idx], cfg, channels_last), split.labels[idx]
+        with autocast(device, precision):
+            features, logits = model(x)
+        ce = F.cross_entropy(logits.float(), y)
+        center = center_loss(features, y)
+        loss = ce + center
+        if not torch.isfinite(loss):
+            raise CenterexpError(
+                f"training loss became {loss.item()} at epoch {epoch}, batch {batch + 1}: run stopped, "
+                f"the checkpoint of epoch {epoch - 1} is kept"
+            )
+        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.center_optimizer is not None:
+            parts.center_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parts.optimizer.step()
+        if parts.center_optimizer is not None:
+            parts.center_optimizer.step()
+        else:
+            center_loss.update_centers(features, y, cfg.loss.alpha)
+        k = len(y)
+        seen += k
+        sums += torch.stack([loss.detach() * k, ce.detach() * k, center.detach() * k, (logits.argmax(1) == y).sum()])
+        features_seen.append(features.detach().float())
+        labels_seen.append(y)
+        if stop.signum is not None:
+            name = signal.Signals(stop.signum).name
+            raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + stop.signum)
+    loss, ce, center, correct = (sums / seen).tolist()
+    return {"loss": loss, "ce": ce, "center": center, "acc": correct, "n": seen,
+            "features": torch.cat(features_seen), "labels": torch.cat(labels_seen)}  # fmt: skip
+
+
+@torch.inference_mode()
+def evaluate(parts: Parts, split: Split, cfg: Config, device, precision, channels_last) -> dict:
+    """Test-set losses, accuracy, all features, and how compact the feature clusters are."""
+    model, center_loss = parts.model, parts.center_loss
+    model.eval()
+    features, logits = [], []
+    for start in range(0, len(split), cfg.train.eval_batch_size):
+        x = prepare_batch(split.images[start : start + cfg.train.eval_batch_size], cfg, channels_last)
+        with autocast(device, precision):
+            f, z = model(x)
+        features.append(f.float())
+        logits.append(z.float())
+    features, logits, y = torch.cat(features), torch.cat(logits), split.labels
+    ce = F.cross_entropy(logits, y).item()
+    # The count-normalised loss depends on batch composition: score it in chunks of the training
+    # batch size so test and train center losses are on the same scale.
+    bs = cfg.train.batch_size
+    center = sum(center_loss(features[s : s + bs], y[s : s + bs]).item() * len(y[s : s + bs]) for s in range(0, len(y), bs))
+    center /= len(y)
+    stats = compactness(features, y, center_loss.centers.detach().float())
+    return {"loss": ce + center, "ce": ce, "center": center, "acc": (logits.argmax(1) == y).double().mean().item(),
+            "features": features, "labels": y, **stats}  # fmt: skip
+
+
+def compactness(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> dict:
+    """Mean distance of a feature to its class center, mean distance between centers, their ratio."""
+    intra = (features - centers[labels]).norm(dim=1).mean().item()
+    pair = torch.cdist(centers, centers)
+    k = len(centers)
+    inter = (pair.sum() / (k * (k - 1))).item()
+    return {"intra_dist": intra, "center_dist": inter, "compactness": intra / inter if inter > 0 else float("inf")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dict(parts: Parts, cfg: Config, epoch: int, best: tuple[float, int], wall_seconds: float) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "config": cfg.to_dict(),
+        "model": parts.model.state_dict(),
+        "center_loss": parts.center_loss.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "center_optimizer": parts.center_optimizer.state_dict() if parts.center_optimizer else None,
+        "scheduler": parts.scheduler.state_dict(),
+        "rng": rng_state(parts.shuffle),
+        "best_test_acc": best[0],
+        "best_epoch": best[1],
+        "wall_seconds": wall_seconds,
+    }
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """Load with weights_only=True; a truncated or foreign file is a clear error, not a traceback."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged zip / pickle
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CenterexpError(f"checkpoint {path} cannot be read (truncated or corrupt?): {first}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CenterexpError(f"checkpoint {path} is not a centerexp checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def restore(parts: Parts, ckpt: dict) -> None:
+    parts.model.load_state_dict(ckpt["model"])
+    parts.center_loss.load_state_dict(ckpt["center_loss"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.center_optimizer is not None:
+        parts.center_optimizer.load_state_dict(ckpt["center_optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"], parts.shuffle)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _sample(n: int, k: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded choice of k of n indices (the same points in every epoch's plot)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(k, n)]
+
+
+def write_epoch_plots(run_dir: Path, cfg: Config, epoch: int, train_stats: dict, test_stats: dict, centers) -> None:
+    """Loss curves so far, this epoch's feature scatter (a frame of the GIF), and features.pt for compare."""
+    name = run_dir.name
+    plots.plot_loss_curves(metrics_columns(run_dir / "metrics.csv"), run_dir / "plots" / "loss_curves.png", name)
+
+    def sample(stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        features, labels = stats["features"].cpu(), stats["labels"].cpu()
+        idx = _sample(len(labels), cfg.plot.max_points, cfg.train.seed)
+        return features[idx], labels[idx]
+
+    (train_f, train_y), (test_f, test_y) = sample(train_stats), sample(test_stats)
+    centers = centers.cpu()
+    panels = [
+        (train_f, train_y, centers, f"train features (during epoch {epoch}, acc {train_stats['acc']:.3f})"),
+        (test_f, test_y, centers, f"test features (after epoch {epoch}, acc {test_stats['acc']:.3f})"),
+    ]
+    frame = run_dir / "plots" / "features" / f"epoch_{epoch:03d}.png"
+    plots.plot_features(panels, frame, f"{name}: epoch {epoch}")
+    atomic_write_bytes(run_dir / "plots" / "features.png", frame.read_bytes())
+    atomic_torch_save({"epoch": epoch, "features": test_f, "labels": test_y, "centers": centers}, run_dir / "features.pt")
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    allow_config_change: bool = False,
+    command: str = "",
+    progress: bool | None = None,
+) -> dict:
+    """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
+
+    Returns the final summary dict. Raises CenterexpError (with the run marked failed or
+    interrupted in summary.json) when the run cannot finish.
+    """
+    run_dir = Path(run_dir)
+    progress = sys.stderr.isatty() if progress is None else progress
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    precision = resolve_precision(cfg.train.precision, device)
+    configure_determinism(cfg.train.deterministic, device)
+    seed_everything(cfg.train.seed)
+    channels_last = cfg.train.channels_last and cfg.model.arch != "linear"
+
+    train_set, test_set = load_mnist(cfg.data, cfg.train.seed, device)
+    parts = build_parts(cfg, device)
+    start_epoch, best, wall_before = 0, (0.0, 0), 0.0
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, device)
+        changed = diff_configs(ckpt["config"], cfg.to_dict())
+        if changed and not allow_config_change:
+            raise CenterexpError(
+                f"{run_dir}: config differs from the checkpoint's in {', '.join(changed)}; "
+                "pass --allow-config-change to resume anyway", exit_code=2
+            )
+        restore(parts, ckpt)
+        start_epoch, best, wall_before = ckpt["epoch"], (ckpt["best_test_acc"], ckpt["best_epoch"]), ckpt["wall_seconds"]
+
+    metrics = MetricsLog(run_dir / "metrics.csv")
+    metrics.truncate_to(start_epoch)  # rows past the checkpoint come from an epoch being redone
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    with open(run_dir / "command.txt", "a") as f:
+        f.write(f"{_now()}  {command or ' '.join(sys.argv)}\n")
+    write_json(run_dir / "env.json", env_info(device, precision, channels_last))
+    summary_path = run_dir / "summary.json"
+    summary = read_json(summary_path) if resume and summary_path.exists() else {"started": _now()}
+    summary.update(name=run_dir.name, status="running", error=None, epochs=cfg.train.epochs, seed=cfg.train.seed,
+                   device=str(device), precision=precision)  # fmt: skip
+    summary.setdefault("epochs_done", start_epoch)
+
+    def finish(status: str, error: str | None = None) -> None:
+        summary.update(status=status, error=error, updated=_now())
+        write_json(summary_path, summary)
+
+    finish("running")
+    if start_epoch >= cfg.train.epochs:
+        finish("completed")
+        return summary
+
+    t_run = time.perf_counter()
+    try:
+        with stop_on_signals() as stop:
+            for epoch in tqdm(range(start_epoch + 1, cfg.train.epochs + 1), desc=run_dir.name, initial=start_epoch,
+                              total=cfg.train.epochs, disable=not progress, unit="epoch"):  # fmt: skip
+                lr = parts.optimizer.param_groups[0]["lr"]
+                t0 = time.perf_counter()
+                tr = train_one_epoch(parts, train_set, cfg, device, precision, channels_last, epoch, stop, progress)
+                t1 = time.perf_counter()
+                te = evaluate(parts, test_set, cfg, device, precision, channels_last)
+                t2 = time.perf_counter()
+                parts.scheduler.step()
+                if te["acc"] > best[0]:
+                    best = (te["acc"], epoch)
+                wall = wall_before + (t2 - t_run)
+                metrics.append({
+                    "epoch": epoch, "lr": lr,
+                    **{f"train_{k}": tr[k] for k in ("loss", "ce", "center", "acc")},
+                    **{f"test_{k}": te[k] for k in ("loss", "ce", "center", "acc")},
+                    "intra_dist": te["intra_dist"], "center_dist": te["center_dist"], "compactness": te["compactness"],
+                    "epoch_seconds": t2 - t0, "train_seconds": t1 - t0, "eval_seconds": t2 - t1,
+                    "wall_seconds": wall, "images_per_second": tr["n"] / (t1 - t0),
+                })  # fmt: skip
+                atomic_torch_save(checkpoint_dict(parts, cfg, epoch, best, wall), ckpt_path)
+                write_epoch_plots(run_dir, cfg, epoch, tr, te, parts.center_loss.centers.detach().float())
+                summary.update(epochs_done=epoch, final_test_acc=te["acc"], best_test_acc=best[0], best_epoch=best[1],
+                               wall_seconds=wall, seconds_per_epoch=wall / epoch)  # fmt: skip
+                finish("running")
+                tqdm.write(
+                    f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
+                    f"test loss {te['loss']:.4f} acc {te['acc']:.4f} | {t2 - t0:.1f}s"
+                )
+                if stop.signum is not None:  # arrived during evaluation: the epoch is complete and saved
+                    name = signal.Signals(stop.signum).name
+                    raise Interrupted(f"stopped by {name} after epoch {epoch}", exit_code=128 + stop.signum)
+    except Interrupted as e:
+        finish("interrupted", str(e))
+        raise Interrupted(f"{e}; resume with: centerexp train --resume {run_dir}", exit_code=e.exit_code) from None
+    except BaseException as e:
+        finish("failed", str(e) or type(e).__name__)
+        raise
+    if cfg.plot.gif:
+        plots.feature_gif(run_dir)
+    finish("completed")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points used by the CLI (and by tests, directly)
+
+
+def start_run(config_path: Path, overrides: list[str] = (), runs_dir: Path = Path("runs"), name: str | None = None,
+              overwrite: bool = False, command: str = "", progress: bool | None = None) -> tuple[Path, dict]:  # fmt: skip
+    """Check everything that can be checked cheaply, then create the run folder and train."""
+    from centerexp.config import load_config
+    from centerexp.data import default_root, prepare_mnist
+    from centerexp.runs import create_run_dir
+
+    cfg = load_config(config_path, overrides)
+    resolve_device(cfg.train.device)  # no GPU -> fail before any folder is made
+    prepare_mnist(Path(cfg.data.root) if cfg.data.root else default_root(), download=cfg.data.download)
+    run_dir = create_run_dir(Path(runs_dir), name or Path(config_path).stem, overwrite)
+    return run_dir, train(cfg, run_dir, command=command, progress=progress)
+
+
+def resume_run(run_dir: Path, overrides: list[str] = (), allow_config_change: bool = False, command: str = "",
+               progress: bool | None = None) -> tuple[Path, dict]:  # fmt: skip
+    """Continue a run from its last complete epoch, with its own config.yaml (plus overrides)."""
+    from centerexp.config import load_config
+    from centerexp.runs import is_run_dir
+
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise CenterexpError(f"--resume {run_dir}: not a centerexp run folder (no config.yaml and summary.json)", exit_code=2)
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    resolve_device(cfg.train.device)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "plots" / "features").mkdir(parents=True, exist_ok=True)
+    summary = train(cfg, run_dir, resume=True, allow_config_change=allow_config_change, command=command, progress=progress)
+    return run_dir, summary
