@@ -7,7 +7,6 @@ Errors the user can fix print one line (``error: ...``) and exit non-zero; trace
 import functools
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -61,8 +60,16 @@ def main_options(
         os.environ["CENTEREXP_DEBUG"] = "1"
 
 
-def _command_line() -> str:
-    return shlex.join(["centerexp", *sys.argv[1:]])
+def _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change) -> str:
+    """The train command as parsed, spelled out canonically (also right under CliRunner, where argv is pytest's)."""
+    words = ["centerexp", "train"]
+    words += ["--resume", str(resume)] if resume is not None else [str(config), "--runs-dir", str(runs_dir)]
+    words += ["--name", name] if name else []
+    words += ["--overwrite"] if overwrite else []
+    words += ["--allow-config-change"] if allow_config_change else []
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join(words)
 
 
 @app.command()
@@ -83,14 +90,15 @@ def train(
 
     overrides = list(set_) + (["train.deterministic=true"] if deterministic else [])
     progress = False if quiet else None
+    command = _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change)
     if resume is not None:
         if config is not None:
             raise CenterexpError("give either CONFIG or --resume RUN, not both (a resumed run uses its own config.yaml)", 2)
-        run_dir, summary = resume_run(resume, overrides, allow_config_change, _command_line(), progress)
+        run_dir, summary = resume_run(resume, overrides, allow_config_change, command, progress)
     else:
         if config is None:
             raise CenterexpError("missing CONFIG (e.g. configs/v1_0.yaml) or --resume RUN", 2)
-        run_dir, summary = start_run(config, overrides, runs_dir, name, overwrite, _command_line(), progress)
+        run_dir, summary = start_run(config, overrides, runs_dir, name, overwrite, command, progress)
     acc = summary.get("final_test_acc")
     acc_text = f", final test acc {acc:.4f}, best {summary['best_test_acc']:.4f}" if acc is not None else ""
     typer.echo(f"{run_dir}: {summary['status']} after {summary.get('epochs_done', 0)} epochs{acc_text}")
