@@ -1,0 +1,43 @@
+# centerexp: every target bootstraps its own virtualenv (.venv) when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the builds this project is tested with (pip finds them offline here).
+TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed-stamp
+
+PROFILE ?= full
+SEEDS ?= 3
+RUNS ?= runs
+
+.PHONY: install test lint format reproduce bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Train V1.0, V1.1, V1.2 with SEEDS seeds each, then compare: runs/reproduce/report.md
+reproduce: install
+	$(BIN)/centerexp reproduce --profile $(PROFILE) --seeds $(SEEDS) --runs-dir $(RUNS)/reproduce
+
+bench: install
+	$(BIN)/centerexp bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,304 @@
+"""Runs that can be trusted: bit-exact reruns, resume after SIGKILL / SIGINT / SIGTERM, clean errors."""
+
+import csv
+import errno
+import json
+import os
+import shutil
+import signal
+import sys
+import textwrap
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from centerexp.cli import app
+from centerexp.runs import TIMING_COLUMNS
+
+from .conftest import CONFIGS, run_cli, snapshot, write_config
+
+runner = CliRunner()
+# baseline on 2,048 train / 1,024 test images, batch 256: 8 training steps per epoch, then the
+# test center loss is scored in 4 chunks, so CenterLoss.forward runs 12 times per epoch.
+TINY = {"train": {"epochs": 3}, "data": {"train_subset": 2048, "test_subset": 1024, "subset_mode": "random"}}
+CALLS_PER_EPOCH = 12
+
+
+def cli(*args):
+    return runner.invoke(app, list(args))
+
+
+def metrics_without_timing(run):
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("cfg") / "tiny.yaml", **TINY)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_config):
+    """The uninterrupted run every resumed run must match."""
+    runs = tmp_path_factory.mktemp("ref")
+    assert cli("train", str(tiny_config), "--runs-dir", str(runs), "-q").exit_code == 0
+    return runs / "tiny"
+
+
+def test_rerun_is_bit_identical(tmp_path, tiny_config, reference_run):
+    assert cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "-q").exit_code == 0
+    assert metrics_without_timing(tmp_path / "tiny") == metrics_without_timing(reference_run)
+    assert len(metrics_without_timing(reference_run)) == 3
+
+
+def test_conv_rerun_is_bit_identical(tmp_path):
+    cfg = write_config(tmp_path / "conv.yaml", base="v1_2", train={"epochs": 1, "batch_size": 32},
+                       data={"train_subset": 96, "test_subset": 64})  # fmt: skip
+    for name in ("a", "b"):
+        assert cli("train", str(cfg), "--runs-dir", str(tmp_path), "--name", name, "-q").exit_code == 0
+    assert metrics_without_timing(tmp_path / "a") == metrics_without_timing(tmp_path / "b")
+
+
+def test_different_seed_gives_different_numbers(tmp_path, tiny_config, reference_run):
+    assert cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "--set", "train.seed=1", "-q").exit_code == 0
+    assert metrics_without_timing(tmp_path / "tiny") != metrics_without_timing(reference_run)
+
+
+def _self_signalling_run(tmp_path, config, sig, at_call):
+    """Train in a subprocess that sends itself ``sig`` from inside CenterLoss.forward call ``at_call``."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from centerexp import losses
+        original, calls = losses.CenterLoss.forward, [0]
+        def forward(self, features, labels):
+            calls[0] += 1
+            if calls[0] == {at_call}:
+                os.kill(os.getpid(), {int(sig)})
+            return original(self, features, labels)
+        losses.CenterLoss.forward = forward
+        sys.argv = ["centerexp", "train", {str(config)!r}, "--runs-dir", {str(tmp_path)!r}, "-q"]
+        from centerexp.cli import main
+        main()
+    """)
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_config, reference_run):
+    at = 2 * CALLS_PER_EPOCH + 4  # epoch 3, fourth training batch
+    killed = _self_signalling_run(tmp_path, tiny_config, signal.SIGKILL, at)
+    assert killed.returncode == -signal.SIGKILL
+    run = tmp_path / "tiny"
+    assert summary(run)["status"] == "running"  # nobody could record the kill
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 2
+    assert len(metrics_without_timing(run)) == 2
+    resumed = run_cli("train", "--resume", str(run), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_without_timing(run) == metrics_without_timing(reference_run)
+    assert summary(run)["status"] == "completed"
+    assert "--resume" in (run / "command.txt").read_text().splitlines()[-1]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_sigterm_stop_cleanly_and_resume(tmp_path, tiny_config, reference_run, sig, code):
+    at = CALLS_PER_EPOCH + 3  # epoch 2, third training batch
+    stopped = _self_signalling_run(tmp_path, tiny_config, sig, at)
+    assert stopped.returncode == code, stopped.stderr
+    assert f"stopped by {signal.Signals(sig).name} during epoch 2" in stopped.stderr
+    assert "resume with: centerexp train --resume" in stopped.stderr and "Traceback" not in stopped.stderr
+    run = tmp_path / "tiny"
+    assert summary(run)["status"] == "interrupted"
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    assert cli("train", "--resume", str(run), "-q").exit_code == 0
+    assert metrics_without_timing(run) == metrics_without_timing(reference_run)
+
+
+def test_resume_refuses_a_changed_config_unless_told(tmp_path, reference_run):
+    run = tmp_path / "tiny"
+    shutil.copytree(reference_run, run)
+    before = snapshot(run)
+    result = cli("train", "--resume", str(run), "--set", "train.epochs=4")
+    assert result.exit_code == 2
+    assert "config differs from the checkpoint's in train.epochs" in result.output
+    assert snapshot(run) == before
+    result = cli("train", "--resume", str(run), "--set", "train.epochs=4", "--allow-config-change", "-q")
+    assert result.exit_code == 0, result.output
+    assert [int(r["epoch"]) for r in metrics_without_timing(run)] == [1, 2, 3, 4]
+    # a completed run resumed again has nothing to do and changes no metrics
+    rows = metrics_without_timing(run)
+    assert cli("train", "--resume", str(run), "-q").exit_code == 0
+    assert metrics_without_timing(run) == rows
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config, monkeypatch):
+    from centerexp import losses
+
+    original, calls = losses.CenterLoss.forward, [0]
+
+    def forward(self, features, labels):
+        calls[0] += 1
+        value = original(self, features, labels)
+        return value * float("nan") if calls[0] == CALLS_PER_EPOCH + 3 else value
+
+    monkeypatch.setattr(losses.CenterLoss, "forward", forward)
+    result = cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "-q")
+    assert result.exit_code == 1
+    assert "training loss became nan at epoch 2, batch 3" in result.output
+    run = tmp_path / "tiny"
+    assert summary(run)["status"] == "failed" and "epoch 2, batch 3" in summary(run)["error"]
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    assert len(metrics_without_timing(run)) == 1
+
+
+# --- bad input: one clear line, non-zero exit, no traceback, nothing earlier changed ----------
+
+
+@pytest.fixture
+def workspace(tmp_path, reference_run):
+    """A runs folder holding one finished run, and its snapshot."""
+    runs = tmp_path / "runs"
+    shutil.copytree(reference_run, runs / "tiny")
+    return runs, snapshot(runs)
+
+
+def check_clean_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output  # exactly one error line (epoch log lines may precede it)
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_missing_config(workspace, tmp_path):
+    runs, before = workspace
+    check_clean_error(cli("train", str(tmp_path / "nope.yaml"), "--runs-dir", str(runs)), 2, "config file not found", "nope.yaml")
+    assert snapshot(runs) == before
+
+
+def test_yaml_syntax_error_names_the_line(workspace, tmp_path):
+    runs, before = workspace
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 3\n  seed: [1\n")
+    check_clean_error(cli("train", str(bad), "--runs-dir", str(runs)), 2, "bad.yaml", "line 4", "YAML syntax error")
+    assert snapshot(runs) == before
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("train.epcohs=2", ["unknown key 'train.epcohs'", "did you mean 'train.epochs'"]),
+        ("train.batch_size=big", ["train.batch_size", "expected an integer", "'big'"]),
+        ("train.lr=0", ["train.lr must be > 0"]),
+        ("train.batch_size=0", ["train.batch_size must be >= 1"]),
+        ("train.epochs=0", ["train.epochs must be >= 1"]),
+        ("data.train_subset=0", ["data.train_subset must be >= 1"]),
+        ("loss.alpha=2", ["loss.alpha must be in [0, 1], got 2.0"]),
+        ("model.arch=vgg", ["model.arch must be one of deep, shallow, linear"]),
+        ("loss.distance=l1", ["loss.distance must be one of squared, sqrt"]),
+        ("loss.center_update=momentum", ["loss.center_update must be one of sgd, ema"]),
+        ("train.device=gpu", ["train.device must be one of auto, cpu, cuda"]),
+    ],
+)
+def test_bad_values(workspace, tiny_config, override, fragments):
+    runs, before = workspace
+    check_clean_error(cli("train", str(tiny_config), "--runs-dir", str(runs), "--name", "new", "--set", override), 2, *fragments)
+    assert snapshot(runs) == before and not (runs / "new").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu(workspace, tiny_config):
+    runs, before = workspace
+    result = cli("train", str(tiny_config), "--runs-dir", str(runs), "--name", "new", "--set", "train.device=cuda")
+    check_clean_error(result, 2, "train.device is 'cuda' but no CUDA GPU is available")
+    assert snapshot(runs) == before and not (runs / "new").exists()
+
+
+def test_existing_run_folder(workspace, tiny_config):
+    runs, before = workspace
+    check_clean_error(cli("train", str(tiny_config), "--runs-dir", str(runs)), 2, "already exists", "--overwrite", "--resume")
+    assert snapshot(runs) == before
+
+
+def test_resume_on_a_folder_that_is_not_a_run(workspace, tmp_path):
+    runs, before = workspace
+    (tmp_path / "junk").mkdir()
+    check_clean_error(cli("train", "--resume", str(tmp_path / "junk")), 2, "not a centerexp run folder")
+    assert snapshot(runs) == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_resume_with_a_corrupt_checkpoint(workspace, damage):
+    runs, _ = workspace
+    ckpt = runs / "tiny" / "checkpoints" / "last.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
+    before = snapshot(runs)
+    check_clean_error(cli("train", "--resume", str(runs / "tiny")), 1, "checkpoint", "last.pt", "cannot be read")
+    assert snapshot(runs) == before
+
+
+def test_corrupt_dataset_file(workspace, tiny_config, tmp_path, monkeypatch):
+    from centerexp.data import prepare_mnist
+
+    runs, before = workspace
+    cache = prepare_mnist(tmp_path / "cache")
+    victim = cache / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    monkeypatch.setenv("CENTEREXP_DATA", str(cache))
+    result = cli("train", str(tiny_config), "--runs-dir", str(runs), "--name", "new")
+    check_clean_error(result, 1, "train-images-idx3-ubyte fails its checksum")
+    assert snapshot(runs) == before and not (runs / "new").exists()
+
+
+def test_disk_full_mid_run_is_a_clear_error(tmp_path, tiny_config, monkeypatch):
+    import centerexp.runs as runs_module
+
+    real_mkstemp, checkpoint_writes = runs_module.tempfile.mkstemp, [0]
+
+    def mkstemp(*args, prefix="", **kwargs):
+        if "last.pt" in prefix:
+            checkpoint_writes[0] += 1
+            if checkpoint_writes[0] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(runs_module.tempfile, "mkstemp", mkstemp)
+    result = cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "-q")
+    check_clean_error(result, 1, "cannot write", "last.pt", "No space left on device")
+    run = tmp_path / "tiny"
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1  # the good one survives
+    assert summary(run)["status"] == "failed"
+
+
+def test_read_only_runs_dir_is_a_clear_error(tmp_path, tiny_config, monkeypatch):
+    from pathlib import Path
+
+    def mkdir(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    result = cli("train", str(tiny_config), "--runs-dir", str(tmp_path / "runs"))
+    check_clean_error(result, 1, "cannot create", "Read-only file system")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("--debug", "train", str(tmp_path / "nope.yaml"))
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    plain = run_cli("train", str(tmp_path / "nope.yaml"))
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and plain.stderr.startswith("error: config file not found")
+
+
+def test_deterministic_flag_is_recorded(tmp_path, tiny_config):
+    result = cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "--deterministic", "--set", "train.epochs=1", "-q")
+    assert result.exit_code == 0, result.output
+    assert "deterministic: true" in (tmp_path / "tiny" / "config.yaml").read_text()
+    assert torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
