@@ -104,6 +104,62 @@ def train(
     typer.echo(f"{run_dir}: {summary['status']} after {summary.get('epochs_done', 0)} epochs{acc_text}")
 
 
+@app.command()
+@guarded
+def compare(
+    runs: List[Path] = typer.Argument(None, help="Run folders, e.g. runs/* (non-run folders are skipped)."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="Where report.md, compare.csv and figures go."),
+    threshold: List[float] = typer.Option([0.98, 0.99], "--threshold", help="Test-accuracy threshold (repeatable)."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="Also write the table as CSV to this path ('-' = stdout)."),
+    all_keys: bool = typer.Option(False, "--all-keys", help="Show every config key, not only those that differ."),
+):
+    """Compare runs: table (grouped over seeds), overlaid curves, feature grid, report.md."""
+    from centerexp.compare import compare as run_compare
+
+    for t in threshold:
+        if not 0 < t <= 1:
+            raise CenterexpError(f"--threshold {t}: expected an accuracy in (0, 1]", 2)
+    run_compare(list(runs or []), out, threshold, csv, all_keys, echo=typer.echo,
+                warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
+
+
+@app.command()
+@guarded
+def plot(
+    run: Path = typer.Argument(..., help="A run folder."),
+    gif: bool = typer.Option(True, "--gif/--no-gif", help="Also assemble plots/features.gif from the per-epoch frames."),
+):
+    """Redraw a run's loss curves (and feature GIF) from its files, e.g. while it is still training."""
+    from centerexp.plots import feature_gif, plot_loss_curves
+    from centerexp.runs import is_run_dir, metrics_columns
+
+    if not is_run_dir(run):
+        raise CenterexpError(f"{run}: not a centerexp run folder (no config.yaml and summary.json)", 2)
+    metrics = metrics_columns(run / "metrics.csv")
+    if not metrics.get("epoch"):
+        raise CenterexpError(f"{run}: no finished epoch yet, nothing to plot")
+    plot_loss_curves(metrics, run / "plots" / "loss_curves.png", run.name)
+    typer.echo(f"wrote {run / 'plots' / 'loss_curves.png'}")
+    if gif:
+        path = feature_gif(run)
+        typer.echo(f"wrote {path}" if path else "no per-epoch feature plots found: no GIF")
+
+
+@app.command()
+@guarded
+def reproduce(
+    profile: str = typer.Option("full", "--profile", help="full (the configs as written) or quick (~20 min on 2 CPU cores)."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per config (0, 1, ...)."),
+    runs_dir: Path = typer.Option(Path("runs/reproduce"), "--runs-dir", help="Where the runs and report.md go."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run (e.g. train.precision=fp32)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train V1.0 / V1.1 / V1.2 over several seeds and write the comparison report."""
+    from centerexp.reproduce import reproduce as run_reproduce
+
+    run_reproduce(profile, seeds, runs_dir, False if quiet else None, list(set_), echo=typer.echo)
+
+
 def main():
     app()
 

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 DIGIT_COLORS = plt.get_cmap("tab10").colors
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     """Render to a temp name then rename, so a plot is never seen half-written."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -42,7 +42,7 @@ def plot_loss_curves(metrics: dict[str, list[float]], path: Path, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def scatter_features(ax, features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor | None, title: str):
@@ -69,7 +69,7 @@ def plot_features(panels: list[tuple], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.93, 1))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
