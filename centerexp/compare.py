@@ -278,11 +278,11 @@ def claim_verdict(fast: Group, slow: Group, thresholds) -> tuple[str, list[str]]
 
 
 def plot_curves(groups: list[Group], out: Path) -> list[str]:
-    from centerexp.plots import plt, save_figure
+    from centerexp.plots import plt, save_figure, style_epoch_axes
 
     written = []
     specs = [("accuracy.png", [("test_acc", "test accuracy", False)]),
-             ("losses.png", [("train_loss", "training loss (total)", True), ("train_center", "center loss (train)", True)])]  # fmt: skip
+             ("losses.png", [("train_loss", "training loss (total, log scale)", True), ("train_center", "center loss (train, log scale)", True)])]  # fmt: skip
     for filename, panels in specs:
         fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
         for ax, (column, label, log) in zip(axes[0], panels):
@@ -296,9 +296,7 @@ def plot_curves(groups: list[Group], out: Path) -> list[str]:
                 if g.n > 1:
                     ax.fill_between(epochs, lo, hi, color=color, alpha=0.2)
             ax.set(xlabel="epoch", ylabel=label, title=label + (" (band: min-max over seeds)" if any(g.n > 1 for g in groups) else ""))
-            if log:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
+            style_epoch_axes(ax, log)
             ax.legend(fontsize=8)
         fig.tight_layout()
         save_figure(fig, out / filename)
@@ -309,7 +307,7 @@ def plot_curves(groups: list[Group], out: Path) -> list[str]:
 def plot_feature_grid(runs: list[Run], out: Path) -> str | None:
     import torch
 
-    from centerexp.plots import plt, save_figure, scatter_features
+    from centerexp.plots import add_digit_legend, plt, save_figure, scatter_features
 
     with_features = [r for r in runs if (r.path / "features.pt").is_file()]
     if not with_features:
@@ -323,10 +321,9 @@ def plot_feature_grid(runs: list[Run], out: Path) -> str | None:
         scatter_features(ax, data["features"], data["labels"], data["centers"], f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}")
     for ax in list(axes.flat)[len(with_features):]:
         ax.axis("off")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", markerscale=4, title="digit")
+    add_digit_legend(fig)
     fig.suptitle("final test features (2-D) with class centers")
-    fig.tight_layout(rect=(0, 0, 0.94, 0.97))
+    fig.tight_layout(rect=(0, 0, 0.9, 0.97))
     save_figure(fig, out / "features_grid.png")
     return "features_grid.png"
 

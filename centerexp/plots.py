@@ -7,6 +7,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
 
 DIGIT_COLORS = plt.get_cmap("tab10").colors
 
@@ -20,6 +22,16 @@ def save_figure(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def style_epoch_axes(ax, log: bool = False) -> None:
+    """Integer epochs on x, a light grid, and plain numbers (not 2x10^0) on a log y axis."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.grid(alpha=0.3)
+
+
 def plot_loss_curves(metrics: dict[str, list[float]], path: Path, title: str = "") -> None:
     """Total / CE / center loss (train and test) and accuracy against epoch."""
     epochs = metrics["epoch"]
@@ -29,15 +41,17 @@ def plot_loss_curves(metrics: dict[str, list[float]], path: Path, title: str = "
         ax.plot(epochs, metrics[f"train_{key}"], "o-", label="train", ms=3)
         ax.plot(epochs, metrics[f"test_{key}"], "s--", label="test", ms=3)
         ax.set(xlabel="epoch", ylabel=label, title=label)
-        if all(v > 0 for v in metrics[f"train_{key}"] + metrics[f"test_{key}"]):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
+        values = metrics[f"train_{key}"] + metrics[f"test_{key}"]
+        log = min(values) > 0 and max(values) / min(values) > 20  # log only when it spans decades
+        style_epoch_axes(ax, log)
+        if log:
+            ax.set_title(f"{label} (log scale)")
         ax.legend()
     ax = axes[3]
+    style_epoch_axes(ax)
     ax.plot(epochs, metrics["train_acc"], "o-", label="train", ms=3)
     ax.plot(epochs, metrics["test_acc"], "s--", label="test", ms=3)
     ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     if title:
         fig.suptitle(title)
@@ -59,16 +73,22 @@ def scatter_features(ax, features: torch.Tensor, labels: torch.Tensor, centers: 
     ax.grid(alpha=0.3)
 
 
+def add_digit_legend(fig) -> None:
+    """One legend for the figure: a dot per digit colour and the center marker, at readable sizes."""
+    handles = [Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[d], label=str(d)) for d in range(10)]
+    handles.append(Line2D([], [], ls="", marker="*", ms=13, color="white", markeredgecolor="black", label="center"))
+    fig.legend(handles=handles, loc="center right", title="digit", frameon=True)
+
+
 def plot_features(panels: list[tuple], path: Path, title: str = "") -> None:
     """Side-by-side feature scatters; each panel is (features, labels, centers, title)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6), squeeze=False)
     for ax, (features, labels, centers, panel_title) in zip(axes[0], panels):
         scatter_features(ax, features, labels, centers, panel_title)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", markerscale=4, title="digit")
+    add_digit_legend(fig)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     save_figure(fig, path)
 
 
