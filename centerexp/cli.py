@@ -160,6 +160,27 @@ def reproduce(
     run_reproduce(profile, seeds, runs_dir, False if quiet else None, list(set_), echo=typer.echo)
 
 
+@app.command()
+@guarded
+def bench(
+    arch: List[str] = typer.Option(["deep", "shallow"], "--arch", help="Models to time (repeatable)."),
+    steps: int = typer.Option(8, "--steps", help="Timed steps of batch 256 per loop."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed steps first."),
+    precision: str = typer.Option("auto", "--precision", help="centerexp's precision: auto, fp32 or bf16."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    profile: bool = typer.Option(False, "--profile", help="Also print a torch.profiler table of one training step."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Images/s of the seed's plain loop vs centerexp's training step, with GFLOP/s and % of peak."""
+    from centerexp.bench import run_bench
+
+    if precision not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
+        raise CenterexpError("--precision must be auto, fp32 or bf16 and --device auto, cpu or cuda", 2)
+    if steps < 1 or warmup < 1:
+        raise CenterexpError("--steps and --warmup must be >= 1", 2)
+    run_bench(tuple(arch), steps, warmup, precision, device, profile, typer.echo, json_out)
+
+
 def main():
     app()
 
