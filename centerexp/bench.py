@@ -133,8 +133,16 @@ def profile_step(arch: str, device: torch.device, precision: str, steps: int = 3
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
-def run_bench(archs=("deep", "shallow"), steps: int = 8, warmup: int = 2, precision: str = "auto",
-              device_name: str = "auto", profile: bool = False, echo=print, as_json: bool = False) -> dict:  # fmt: skip
+def run_bench(
+    archs=("deep", "shallow"),
+    steps: int = 8,
+    warmup: int = 2,
+    precision: str = "auto",
+    device_name: str = "auto",
+    profile: bool = False,
+    echo=print,
+    as_json: bool = False,
+) -> dict:
     from centerexp.runs import env_info
     from centerexp.train import resolve_device, resolve_precision
 
@@ -142,7 +150,13 @@ def run_bench(archs=("deep", "shallow"), steps: int = 8, warmup: int = 2, precis
     root = prepare_mnist(default_root())
     used = resolve_precision(precision, device)
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
-    result = {"env": env_info(device, used, True), "matmul_peak_gflops": peaks, "steps": steps, "batch_size": 256, "models": {}}
+    result = {
+        "env": env_info(device, used, True),
+        "matmul_peak_gflops": peaks,
+        "steps": steps,
+        "batch_size": 256,
+        "models": {},
+    }
     for arch in archs:
         flop = flop_per_image(arch, device)
         plain = plain_loop_rate(arch, device, steps, warmup, root)
@@ -182,8 +196,9 @@ def format_bench(r: dict) -> str:
     ]
     for arch, m in r["models"].items():
         lines.append(
-            f"{arch:8} {m['gflop_per_image']:9.2f} {m['plain_images_per_s']:12.1f} {m['centerexp_images_per_s']:16.1f} "
-            f"{m['speedup']:7.2f}x {m['centerexp_precision']:>9} {m['plain_gflops']:14.0f} {m['centerexp_gflops']:13.0f} "
+            f"{arch:8} {m['gflop_per_image']:9.2f} {m['plain_images_per_s']:12.1f} "
+            f"{m['centerexp_images_per_s']:16.1f} {m['speedup']:7.2f}x {m['centerexp_precision']:>9} "
+            f"{m['plain_gflops']:14.0f} {m['centerexp_gflops']:13.0f} "
             f"{100 * m['centerexp_fraction_of_peak']:14.0f}% {m['seconds_per_60k_epoch_train']:14.0f}"
         )
     return "\n".join(lines)

@@ -75,16 +75,22 @@ def _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_c
 @app.command()
 @guarded
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config, e.g. configs/v1_0.yaml (not needed with --resume)."),
+    config: Optional[Path] = typer.Argument(
+        None, help="YAML config, e.g. configs/v1_0.yaml (not needed with --resume)."
+    ),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set train.epochs=2 (repeatable)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder that holds run folders."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name [default: the config file's stem]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its last complete epoch."),
-    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: accept a config that differs from the checkpoint's."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue this run folder from its last complete epoch."
+    ),
+    allow_config_change: bool = typer.Option(
+        False, "--allow-config-change", help="With --resume: accept a config that differs from the checkpoint's."
+    ),
     deterministic: bool = typer.Option(False, "--deterministic", help="Same as --set train.deterministic=true."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-):  # fmt: skip
+):
     """Train one run: writes RUNS_DIR/NAME/ (config, metrics, checkpoints, plots)."""
     from centerexp.train import resume_run, start_run
 
@@ -93,7 +99,9 @@ def train(
     command = _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change)
     if resume is not None:
         if config is not None:
-            raise CenterexpError("give either CONFIG or --resume RUN, not both (a resumed run uses its own config.yaml)", 2)
+            raise CenterexpError(
+                "give either CONFIG or --resume RUN, not both (a resumed run uses its own config.yaml)", 2
+            )
         run_dir, summary = resume_run(resume, overrides, allow_config_change, command, progress)
     else:
         if config is None:
@@ -119,15 +127,24 @@ def compare(
     for t in threshold:
         if not 0 < t <= 1:
             raise CenterexpError(f"--threshold {t}: expected an accuracy in (0, 1]", 2)
-    run_compare(list(runs or []), out, threshold, csv, all_keys, echo=typer.echo,
-                warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
+    run_compare(
+        list(runs or []),
+        out,
+        threshold,
+        csv,
+        all_keys,
+        echo=typer.echo,
+        warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
+    )
 
 
 @app.command()
 @guarded
 def plot(
     run: Path = typer.Argument(..., help="A run folder."),
-    gif: bool = typer.Option(True, "--gif/--no-gif", help="Also assemble plots/features.gif from the per-epoch frames."),
+    gif: bool = typer.Option(
+        True, "--gif/--no-gif", help="Also assemble plots/features.gif from the per-epoch frames."
+    ),
 ):
     """Redraw a run's loss curves (and feature GIF) from its files, e.g. while it is still training."""
     from centerexp.plots import feature_gif, plot_loss_curves
@@ -148,7 +165,9 @@ def plot(
 @app.command()
 @guarded
 def reproduce(
-    profile: str = typer.Option("full", "--profile", help="full (the configs as written) or quick (~20 min on 2 CPU cores)."),
+    profile: str = typer.Option(
+        "full", "--profile", help="full (the configs as written) or quick (~20 min on 2 CPU cores)."
+    ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per config (0, 1, ...)."),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), "--runs-dir", help="Where the runs and report.md go."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run (e.g. train.precision=fp32)."),

@@ -65,7 +65,9 @@ def load_runs(paths: list[Path], warn=None) -> list[Run]:
 
 def first_epoch_reaching(run: Run, threshold: float) -> tuple[int, float] | None:
     """(epoch, wall seconds) at which test accuracy first reached ``threshold``; None if never."""
-    for epoch, acc, wall in zip(run.metrics.get("epoch", []), run.metrics.get("test_acc", []), run.metrics.get("wall_seconds", [])):
+    for epoch, acc, wall in zip(
+        run.metrics.get("epoch", []), run.metrics.get("test_acc", []), run.metrics.get("wall_seconds", [])
+    ):
         if acc >= threshold:
             return int(epoch), wall
     return None
@@ -129,7 +131,12 @@ class Group:
         n = min(len(r.metrics.get(column, [])) for r in self.runs)
         cols = [r.metrics[column][:n] for r in self.runs]
         epochs = self.runs[0].metrics["epoch"][:n]
-        return epochs, [statistics.fmean(v) for v in zip(*cols)], [min(v) for v in zip(*cols)], [max(v) for v in zip(*cols)]
+        return (
+            epochs,
+            [statistics.fmean(v) for v in zip(*cols)],
+            [min(v) for v in zip(*cols)],
+            [max(v) for v in zip(*cols)],
+        )
 
 
 def group_runs(runs: list[Run], thresholds) -> list[Group]:
@@ -191,7 +198,10 @@ def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[s
         row += [_fmt(g.mean_std("final_acc"), g.n, pct=True), _fmt(g.mean_std("best_acc"), g.n, pct=True)]
         for t in thresholds:
             row += [_threshold_cell(g, f"epoch_to_{t:g}"), _threshold_cell(g, f"seconds_to_{t:g}", 4)]
-        row += [_fmt(g.mean_std(k), g.n, 3) for k in ("final_center", "intra_dist", "center_dist", "compactness", "sec_per_epoch")]
+        row += [
+            _fmt(g.mean_std(k), g.n, 3)
+            for k in ("final_center", "intra_dist", "center_dist", "compactness", "sec_per_epoch")
+        ]
         rows.append(row)
     return header, rows
 
@@ -256,13 +266,17 @@ def claim_verdict(fast: Group, slow: Group, thresholds) -> tuple[str, list[str]]
     d = difference(fast, slow, "acc_auc")
     lines = []
     auc_f, auc_s = fast.mean_std("acc_auc"), slow.mean_std("acc_auc")
-    lines.append(f"mean test accuracy over epochs (area under the curve): {auc_f[0]:.4f} ± {auc_f[1]:.4f} vs "
-                 f"{auc_s[0]:.4f} ± {auc_s[1]:.4f} (difference {d['diff']:+.4f}, seed spread {d['spread']:.4f})")  # fmt: skip
+    lines.append(
+        f"mean test accuracy over epochs (area under the curve): {auc_f[0]:.4f} ± {auc_f[1]:.4f} vs "
+        f"{auc_s[0]:.4f} ± {auc_s[1]:.4f} (difference {d['diff']:+.4f}, seed spread {d['spread']:.4f})"
+    )
     ea, eb = acc_at_epochs(fast), acc_at_epochs(slow)
     for e in sorted(set(ea) & set(eb)):
         lines.append(f"test accuracy at epoch {e}: {ea[e][0]:.4f} ± {ea[e][1]:.4f} vs {eb[e][0]:.4f} ± {eb[e][1]:.4f}")
     for t in thresholds:
-        lines.append(f"epochs to {t:g}: {_threshold_cell(fast, f'epoch_to_{t:g}')} vs {_threshold_cell(slow, f'epoch_to_{t:g}')}")
+        lines.append(
+            f"epochs to {t:g}: {_threshold_cell(fast, f'epoch_to_{t:g}')} vs {_threshold_cell(slow, f'epoch_to_{t:g}')}"
+        )
     if d["single_seed"]:
         verdict = "supported (one seed: no spread to judge against)" if d["diff"] > 0 else "not supported (one seed)"
     elif d["within"]:
@@ -281,8 +295,16 @@ def plot_curves(groups: list[Group], out: Path) -> list[str]:
     from centerexp.plots import plt, save_figure, style_epoch_axes
 
     written = []
-    specs = [("accuracy.png", [("test_acc", "test accuracy", False)]),
-             ("losses.png", [("train_loss", "training loss (total, log scale)", True), ("train_center", "center loss (train, log scale)", True)])]  # fmt: skip
+    specs = [
+        ("accuracy.png", [("test_acc", "test accuracy", False)]),
+        (
+            "losses.png",
+            [
+                ("train_loss", "training loss (total, log scale)", True),
+                ("train_center", "center loss (train, log scale)", True),
+            ],
+        ),
+    ]
     for filename, panels in specs:
         fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
         for ax, (column, label, log) in zip(axes[0], panels):
@@ -295,7 +317,11 @@ def plot_curves(groups: list[Group], out: Path) -> list[str]:
                 ax.plot(epochs, mean, "o-", ms=3, color=color, label=name)
                 if g.n > 1:
                     ax.fill_between(epochs, lo, hi, color=color, alpha=0.2)
-            ax.set(xlabel="epoch", ylabel=label, title=label + (" (band: min-max over seeds)" if any(g.n > 1 for g in groups) else ""))
+            ax.set(
+                xlabel="epoch",
+                ylabel=label,
+                title=label + (" (band: min-max over seeds)" if any(g.n > 1 for g in groups) else ""),
+            )
             style_epoch_axes(ax, log)
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -318,8 +344,14 @@ def plot_feature_grid(runs: list[Run], out: Path) -> str | None:
     for ax, run in zip(axes.flat, with_features):
         data = torch.load(run.path / "features.pt", weights_only=True)
         acc = run.metrics["test_acc"][-1] if run.metrics.get("test_acc") else float("nan")
-        scatter_features(ax, data["features"], data["labels"], data["centers"], f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}")
-    for ax in list(axes.flat)[len(with_features):]:
+        scatter_features(
+            ax,
+            data["features"],
+            data["labels"],
+            data["centers"],
+            f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}",
+        )
+    for ax in list(axes.flat)[len(with_features) :]:
         ax.axis("off")
     add_digit_legend(fig)
     fig.suptitle("final test features (2-D) with class centers")
@@ -331,8 +363,15 @@ def plot_feature_grid(runs: list[Run], out: Path) -> str | None:
 # --- the command ----------------------------------------------------------------------------
 
 
-def compare(paths: list[Path], out: Path, thresholds=DEFAULT_THRESHOLDS, csv_path: str | None = None,
-            all_keys: bool = False, echo=print, warn=None) -> dict:  # fmt: skip
+def compare(
+    paths: list[Path],
+    out: Path,
+    thresholds=DEFAULT_THRESHOLDS,
+    csv_path: str | None = None,
+    all_keys: bool = False,
+    echo=print,
+    warn=None,
+) -> dict:
     """Build the table, figures and report for ``paths``; returns what it computed."""
     runs = load_runs(paths, warn)
     if not runs:
@@ -350,8 +389,16 @@ def compare(paths: list[Path], out: Path, thresholds=DEFAULT_THRESHOLDS, csv_pat
     v1 = find_v1_groups(groups)
     claims = []
     if v1:
-        claims = [("1. squared center loss converges faster than sqrt (V1.0 vs V1.1)", *claim_verdict(v1["V1.0"], v1["V1.1"], thresholds)),
-                  ("2. the deeper network converges faster (V1.1 vs V1.2)", *claim_verdict(v1["V1.1"], v1["V1.2"], thresholds))]  # fmt: skip
+        claims = [
+            (
+                "1. squared center loss converges faster than sqrt (V1.0 vs V1.1)",
+                *claim_verdict(v1["V1.0"], v1["V1.1"], thresholds),
+            ),
+            (
+                "2. the deeper network converges faster (V1.1 vs V1.2)",
+                *claim_verdict(v1["V1.1"], v1["V1.2"], thresholds),
+            ),
+        ]
         echo("")
         for title, verdict, _ in claims:
             echo(f"claim {title}: {verdict}")
@@ -385,29 +432,51 @@ def spread_notes(groups: list[Group]) -> list[str]:
             if d is None or d["single_seed"]:
                 continue
             verdict = "within their seed-to-seed spread" if d["within"] else "larger than their seed-to-seed spread"
-            notes.append(f"{a.label} vs {b.label}: final test accuracy differs by {d['diff'] * 100:+.2f} points, "
-                         f"{verdict} ({d['spread'] * 100:.2f} points)")  # fmt: skip
+            notes.append(
+                f"{a.label} vs {b.label}: final test accuracy differs by {d['diff'] * 100:+.2f} points, "
+                f"{verdict} ({d['spread'] * 100:.2f} points)"
+            )
     return notes
 
 
 def report_markdown(runs, table, notes, claims, figures, thresholds) -> str:
-    parts = ["# centerexp comparison", "",
-             f"{len(runs)} runs: {', '.join(r.name for r in runs)}.", "",
-             "Rows group runs whose configs differ only in `train.seed` (mean ± sample std over seeds, n = seeds). "
-             f"'epoch to t' / 's to t': first epoch and wall-clock seconds at which test accuracy reached t "
-             f"(thresholds {', '.join(f'{t:g}' for t in thresholds)}). intra dist: mean distance of a test feature to "
-             "its class center; center dist: mean distance between centers; intra/center: their ratio (lower = "
-             "tighter, better separated clusters).", "", table, ""]  # fmt: skip
+    parts = [
+        "# centerexp comparison",
+        "",
+        f"{len(runs)} runs: {', '.join(r.name for r in runs)}.",
+        "",
+        "Rows group runs whose configs differ only in `train.seed` (mean ± sample std over seeds, n = seeds). "
+        f"'epoch to t' / 's to t': first epoch and wall-clock seconds at which test accuracy reached t "
+        f"(thresholds {', '.join(f'{t:g}' for t in thresholds)}). intra dist: mean distance of a test feature to "
+        "its class center; center dist: mean distance between centers; intra/center: their ratio (lower = "
+        "tighter, better separated clusters).",
+        "",
+        table,
+        "",
+    ]
     if notes:
-        parts += ["## Differences between groups", "",
-                  "A difference is called within the seed-to-seed spread when it is no larger than the sum of the "
-                  "two groups' standard deviations.", "", *[f"- {n}" for n in notes], ""]  # fmt: skip
+        parts += [
+            "## Differences between groups",
+            "",
+            "A difference is called within the seed-to-seed spread when it is no larger than the sum of the "
+            "two groups' standard deviations.",
+            "",
+            *[f"- {n}" for n in notes],
+            "",
+        ]
     if claims:
-        parts += ["## The seed's claims", "",
-                  "Convergence speed is judged on the area under the test-accuracy curve (mean test accuracy over "
-                  "the epochs run); a claim is supported when the difference exceeds the sum of the two groups' "
-                  "seed standard deviations, inconclusive when it does not.", "",
-                  "| claim | verdict |", "|---|---|", *[f"| {t} | {v} |" for t, v, _ in claims], ""]  # fmt: skip
+        parts += [
+            "## The seed's claims",
+            "",
+            "Convergence speed is judged on the area under the test-accuracy curve (mean test accuracy over "
+            "the epochs run); a claim is supported when the difference exceeds the sum of the two groups' "
+            "seed standard deviations, inconclusive when it does not.",
+            "",
+            "| claim | verdict |",
+            "|---|---|",
+            *[f"| {t} | {v} |" for t, v, _ in claims],
+            "",
+        ]
         for title, verdict, lines in claims:
             parts += [f"### {title}", "", f"**{verdict}**", "", *[f"- {line}" for line in lines], ""]
     parts += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]

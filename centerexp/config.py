@@ -4,6 +4,7 @@ Each section is a dataclass that owns its defaults (minGPT style). A config file
 keys it changes; unknown keys, wrong types and out-of-range values are one-line errors.
 """
 
+import contextlib
 import dataclasses
 import difflib
 import typing
@@ -145,10 +146,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif tp is str:

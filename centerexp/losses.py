@@ -69,4 +69,7 @@ class CenterLoss(nn.Module):
         self.centers.sub_(alpha * diff_sum / (1 + counts).unsqueeze(1))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, distance={self.distance}, lamda={self.lamda}, count_normalized={self.count_normalized}"
+        return (
+            f"num_classes={self.num_classes}, distance={self.distance}, lamda={self.lamda}, "
+            f"count_normalized={self.count_normalized}"
+        )

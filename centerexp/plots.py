@@ -5,10 +5,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 DIGIT_COLORS = plt.get_cmap("tab10").colors
 
@@ -68,7 +68,16 @@ def scatter_features(ax, features: torch.Tensor, labels: torch.Tensor, centers: 
         ax.scatter(f[m, 0], f[m, 1], s=2, alpha=0.5, color=DIGIT_COLORS[digit], label=str(digit), rasterized=True)
     if centers is not None:
         c = centers.detach().float().cpu()
-        ax.scatter(c[:, 0], c[:, 1], s=140, marker="*", c=DIGIT_COLORS[: len(c)], edgecolors="black", linewidths=1.0, label="centers")
+        ax.scatter(
+            c[:, 0],
+            c[:, 1],
+            s=140,
+            marker="*",
+            c=DIGIT_COLORS[: len(c)],
+            edgecolors="black",
+            linewidths=1.0,
+            label="centers",
+        )
     ax.set(title=title, xlabel="feature 1", ylabel="feature 2")
     ax.grid(alpha=0.3)
 

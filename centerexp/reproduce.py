@@ -2,10 +2,10 @@
 
 Profiles:
   full   the configs as written (30 epochs on all 60,000 images): hours on a 2-core CPU, minutes on a GPU.
-  quick  a random 3,072-image training subset, 1,000 test images, batch 128, 3 epochs: about
-         20 minutes for 3 configs x 3 seeds on the 2-core CPU this project is developed on (fp32,
-         ~55 images/s). Enough to see the early-convergence differences the seed's claims are
-         about, not its final accuracies.
+  quick  a random 1,920-image training subset, 1,000 test images, batch 64, 3 epochs (90 steps):
+         under 20 minutes for 3 configs x 3 seeds on the 2-core CPU this project is developed on
+         (fp32, ~58 images/s; batch 64 runs as fast per image as 256 there and takes 4x the steps).
+         It measures the early convergence the seed's claims are about, not final accuracies.
 """
 
 from pathlib import Path
@@ -16,10 +16,15 @@ from centerexp.runs import is_run_dir, read_json
 CONFIGS = {"v1_0": "V1.0", "v1_1": "V1.1", "v1_2": "V1.2"}
 PROFILES = {
     "full": [],
-    "quick": ["train.epochs=3", "train.batch_size=128", "data.train_subset=3072", "data.test_subset=1000",
-              "data.subset_mode=random"],  # fmt: skip
+    "quick": [
+        "train.epochs=3",
+        "train.batch_size=64",
+        "data.train_subset=1920",
+        "data.test_subset=1000",
+        "data.subset_mode=random",
+    ],
 }
-QUICK_THRESHOLDS = (0.3, 0.5)  # the quick profile stops long before 0.98
+QUICK_THRESHOLDS = (0.5, 0.7)  # the quick profile stops long before 0.98
 
 
 def config_dir() -> Path:
@@ -27,8 +32,14 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "configs"
 
 
-def reproduce(profile: str = "full", seeds: int = 3, runs_dir: Path = Path("runs/reproduce"), progress=None,
-              extra: list[str] = (), echo=print) -> dict:  # fmt: skip
+def reproduce(
+    profile: str = "full",
+    seeds: int = 3,
+    runs_dir: Path = Path("runs/reproduce"),
+    progress=None,
+    extra: list[str] = (),
+    echo=print,
+) -> dict:
     """Train every missing or unfinished run (seed-major, so partial results cover all configs), then compare."""
     from centerexp.compare import DEFAULT_THRESHOLDS, compare
     from centerexp.train import resume_run, start_run
@@ -52,7 +63,13 @@ def reproduce(profile: str = "full", seeds: int = 3, runs_dir: Path = Path("runs
                 echo(f"{run_dir}: resuming")
                 resume_run(run_dir, args, progress=progress, command=f"centerexp reproduce --profile {profile}")
             else:
-                start_run(config_dir() / f"{stem}.yaml", args, runs_dir, run_dir.name, progress=progress,
-                          command=f"centerexp reproduce --profile {profile}")  # fmt: skip
+                start_run(
+                    config_dir() / f"{stem}.yaml",
+                    args,
+                    runs_dir,
+                    run_dir.name,
+                    progress=progress,
+                    command=f"centerexp reproduce --profile {profile}",
+                )
     thresholds = QUICK_THRESHOLDS if profile == "quick" else DEFAULT_THRESHOLDS
     return compare(run_dirs, runs_dir, thresholds=thresholds, echo=echo)

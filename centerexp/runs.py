@@ -29,12 +29,25 @@ import torch
 from centerexp.errors import CenterexpError
 
 METRIC_COLUMNS = [
-    "epoch", "lr",
-    "train_loss", "train_ce", "train_center", "train_acc",
-    "test_loss", "test_ce", "test_center", "test_acc",
-    "intra_dist", "center_dist", "compactness",
-    "epoch_seconds", "train_seconds", "eval_seconds", "wall_seconds", "images_per_second",
-]  # fmt: skip
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_ce",
+    "train_center",
+    "train_acc",
+    "test_loss",
+    "test_ce",
+    "test_center",
+    "test_acc",
+    "intra_dist",
+    "center_dist",
+    "compactness",
+    "epoch_seconds",
+    "train_seconds",
+    "eval_seconds",
+    "wall_seconds",
+    "images_per_second",
+]
 # Columns that measure time: they differ between otherwise identical runs.
 TIMING_COLUMNS = {"epoch_seconds", "train_seconds", "eval_seconds", "wall_seconds", "images_per_second"}
 STATUSES = ("running", "completed", "failed", "interrupted")
@@ -91,7 +104,8 @@ def create_run_dir(runs_dir: Path, name: str, overwrite: bool) -> Path:
         if not overwrite:
             raise CenterexpError(
                 f"run folder {run_dir} already exists: pass --overwrite to replace it, "
-                f"--resume {run_dir} to continue it, or --name to pick another", exit_code=2
+                f"--resume {run_dir} to continue it, or --name to pick another",
+                exit_code=2,
             )
         if not is_run_dir(run_dir) and any(run_dir.iterdir()):
             raise CenterexpError(f"refusing to overwrite {run_dir}: it is not a centerexp run folder", exit_code=2)

@@ -98,18 +98,24 @@ def rng_state(shuffle: torch.Generator) -> dict:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "shuffle": shuffle.get_state(),
-    }  # fmt: skip
+    }
 
 
 def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -233,8 +239,15 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, device, precision, 
             name = signal.Signals(stop.signum).name
             raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + stop.signum)
     loss, ce, center, correct = (sums / seen).tolist()
-    return {"loss": loss, "ce": ce, "center": center, "acc": correct, "n": seen,
-            "features": torch.cat(features_seen), "labels": torch.cat(labels_seen)}  # fmt: skip
+    return {
+        "loss": loss,
+        "ce": ce,
+        "center": center,
+        "acc": correct,
+        "n": seen,
+        "features": torch.cat(features_seen),
+        "labels": torch.cat(labels_seen),
+    }
 
 
 @torch.inference_mode()
@@ -254,11 +267,20 @@ def evaluate(parts: Parts, split: Split, cfg: Config, device, precision, channel
     # The count-normalised loss depends on batch composition: score it in chunks of the training
     # batch size so test and train center losses are on the same scale.
     bs = cfg.train.batch_size
-    center = sum(center_loss(features[s : s + bs], y[s : s + bs]).item() * len(y[s : s + bs]) for s in range(0, len(y), bs))
+    center = sum(
+        center_loss(features[s : s + bs], y[s : s + bs]).item() * len(y[s : s + bs]) for s in range(0, len(y), bs)
+    )
     center /= len(y)
     stats = compactness(features, y, center_loss.centers.detach().float())
-    return {"loss": ce + center, "ce": ce, "center": center, "acc": (logits.argmax(1) == y).double().mean().item(),
-            "features": features, "labels": y, **stats}  # fmt: skip
+    return {
+        "loss": ce + center,
+        "ce": ce,
+        "center": center,
+        "acc": (logits.argmax(1) == y).double().mean().item(),
+        "features": features,
+        "labels": y,
+        **stats,
+    }
 
 
 def compactness(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> dict:
@@ -345,7 +367,9 @@ def write_epoch_plots(run_dir: Path, cfg: Config, epoch: int, train_stats: dict,
     frame = run_dir / "plots" / "features" / f"epoch_{epoch:03d}.png"
     plots.plot_features(panels, frame, f"{name}: epoch {epoch}")
     atomic_write_bytes(run_dir / "plots" / "features.png", frame.read_bytes())
-    atomic_torch_save({"epoch": epoch, "features": test_f, "labels": test_y, "centers": centers}, run_dir / "features.pt")
+    atomic_torch_save(
+        {"epoch": epoch, "features": test_f, "labels": test_y, "centers": centers}, run_dir / "features.pt"
+    )
 
 
 def train(
@@ -382,10 +406,15 @@ def train(
         if changed and not allow_config_change:
             raise CenterexpError(
                 f"{run_dir}: config differs from the checkpoint's in {', '.join(changed)}; "
-                "pass --allow-config-change to resume anyway", exit_code=2
+                "pass --allow-config-change to resume anyway",
+                exit_code=2,
             )
         restore(parts, ckpt)
-        start_epoch, best, wall_before = ckpt["epoch"], (ckpt["best_test_acc"], ckpt["best_epoch"]), ckpt["wall_seconds"]
+        start_epoch, best, wall_before = (
+            ckpt["epoch"],
+            (ckpt["best_test_acc"], ckpt["best_epoch"]),
+            ckpt["wall_seconds"],
+        )
 
     metrics = MetricsLog(run_dir / "metrics.csv")
     metrics.truncate_to(start_epoch)  # rows past the checkpoint come from an epoch being redone
@@ -395,8 +424,15 @@ def train(
     write_json(run_dir / "env.json", env_info(device, precision, channels_last))
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if resume and summary_path.exists() else {"started": _now()}
-    summary.update(name=run_dir.name, status="running", error=None, epochs=cfg.train.epochs, seed=cfg.train.seed,
-                   device=str(device), precision=precision)  # fmt: skip
+    summary.update(
+        name=run_dir.name,
+        status="running",
+        error=None,
+        epochs=cfg.train.epochs,
+        seed=cfg.train.seed,
+        device=str(device),
+        precision=precision,
+    )
     summary.setdefault("epochs_done", start_epoch)
 
     def finish(status: str, error: str | None = None) -> None:
@@ -404,10 +440,8 @@ def train(
         write_json(summary_path, summary)
 
     def finish_quietly(status: str, error: str) -> None:
-        try:  # the disk may be the problem: never let this hide the original error
+        with contextlib.suppress(CenterexpError):  # the disk may be the problem: keep the original error
             finish(status, error)
-        except CenterexpError:
-            pass
 
     finish("running")
     if start_epoch >= cfg.train.epochs:
@@ -417,8 +451,14 @@ def train(
     t_run = time.perf_counter()
     try:
         with stop_on_signals() as stop:
-            for epoch in tqdm(range(start_epoch + 1, cfg.train.epochs + 1), desc=run_dir.name, initial=start_epoch,
-                              total=cfg.train.epochs, disable=not progress, unit="epoch"):  # fmt: skip
+            for epoch in tqdm(
+                range(start_epoch + 1, cfg.train.epochs + 1),
+                desc=run_dir.name,
+                initial=start_epoch,
+                total=cfg.train.epochs,
+                disable=not progress,
+                unit="epoch",
+            ):
                 lr = parts.optimizer.param_groups[0]["lr"]
                 t0 = time.perf_counter()
                 tr = train_one_epoch(parts, train_set, cfg, device, precision, channels_last, epoch, stop, progress)
@@ -429,21 +469,36 @@ def train(
                 if te["acc"] > best[0]:
                     best = (te["acc"], epoch)
                 wall = wall_before + (t2 - t_run)
-                metrics.append({
-                    "epoch": epoch, "lr": lr,
-                    **{f"train_{k}": tr[k] for k in ("loss", "ce", "center", "acc")},
-                    **{f"test_{k}": te[k] for k in ("loss", "ce", "center", "acc")},
-                    "intra_dist": te["intra_dist"], "center_dist": te["center_dist"], "compactness": te["compactness"],
-                    "epoch_seconds": t2 - t0, "train_seconds": t1 - t0, "eval_seconds": t2 - t1,
-                    "wall_seconds": wall, "images_per_second": tr["n"] / (t1 - t0),
-                })  # fmt: skip
+                metrics.append(
+                    {
+                        "epoch": epoch,
+                        "lr": lr,
+                        **{f"train_{k}": tr[k] for k in ("loss", "ce", "center", "acc")},
+                        **{f"test_{k}": te[k] for k in ("loss", "ce", "center", "acc")},
+                        "intra_dist": te["intra_dist"],
+                        "center_dist": te["center_dist"],
+                        "compactness": te["compactness"],
+                        "epoch_seconds": t2 - t0,
+                        "train_seconds": t1 - t0,
+                        "eval_seconds": t2 - t1,
+                        "wall_seconds": wall,
+                        "images_per_second": tr["n"] / (t1 - t0),
+                    }
+                )
                 atomic_torch_save(checkpoint_dict(parts, cfg, epoch, best, wall), ckpt_path)
                 write_epoch_plots(run_dir, cfg, epoch, tr, te, parts.center_loss.centers.detach().float())
-                summary.update(epochs_done=epoch, final_test_acc=te["acc"], best_test_acc=best[0], best_epoch=best[1],
-                               wall_seconds=wall, seconds_per_epoch=wall / epoch)  # fmt: skip
+                summary.update(
+                    epochs_done=epoch,
+                    final_test_acc=te["acc"],
+                    best_test_acc=best[0],
+                    best_epoch=best[1],
+                    wall_seconds=wall,
+                    seconds_per_epoch=wall / epoch,
+                )
                 finish("running")
                 tqdm.write(
-                    f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
+                    f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: "
+                    f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
                     f"test loss {te['loss']:.4f} acc {te['acc']:.4f} | {t2 - t0:.1f}s"
                 )
                 if stop.signum is not None:  # arrived during evaluation: the epoch is complete and saved
@@ -465,8 +520,15 @@ def train(
 # Entry points used by the CLI (and by tests, directly)
 
 
-def start_run(config_path: Path, overrides: list[str] = (), runs_dir: Path = Path("runs"), name: str | None = None,
-              overwrite: bool = False, command: str = "", progress: bool | None = None) -> tuple[Path, dict]:  # fmt: skip
+def start_run(
+    config_path: Path,
+    overrides: list[str] = (),
+    runs_dir: Path = Path("runs"),
+    name: str | None = None,
+    overwrite: bool = False,
+    command: str = "",
+    progress: bool | None = None,
+) -> tuple[Path, dict]:
     """Check everything that can be checked cheaply, then create the run folder and train."""
     from centerexp.config import load_config
     from centerexp.data import default_root, prepare_mnist
@@ -479,18 +541,27 @@ def start_run(config_path: Path, overrides: list[str] = (), runs_dir: Path = Pat
     return run_dir, train(cfg, run_dir, command=command, progress=progress)
 
 
-def resume_run(run_dir: Path, overrides: list[str] = (), allow_config_change: bool = False, command: str = "",
-               progress: bool | None = None) -> tuple[Path, dict]:  # fmt: skip
+def resume_run(
+    run_dir: Path,
+    overrides: list[str] = (),
+    allow_config_change: bool = False,
+    command: str = "",
+    progress: bool | None = None,
+) -> tuple[Path, dict]:
     """Continue a run from its last complete epoch, with its own config.yaml (plus overrides)."""
     from centerexp.config import load_config
     from centerexp.runs import is_run_dir
 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise CenterexpError(f"--resume {run_dir}: not a centerexp run folder (no config.yaml and summary.json)", exit_code=2)
+        raise CenterexpError(
+            f"--resume {run_dir}: not a centerexp run folder (no config.yaml and summary.json)", exit_code=2
+        )
     cfg = load_config(run_dir / "config.yaml", overrides)
     resolve_device(cfg.train.device)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "plots" / "features").mkdir(parents=True, exist_ok=True)
-    summary = train(cfg, run_dir, resume=True, allow_config_change=allow_config_change, command=command, progress=progress)
+    summary = train(
+        cfg, run_dir, resume=True, allow_config_change=allow_config_change, command=command, progress=progress
+    )
     return run_dir, summary

@@ -31,8 +31,16 @@ def fake_run(root, name, accs, *, seed=0, arch="deep", distance="squared", statu
         w.writeheader()
         for i, acc in enumerate(accs, 1):
             row = {c: 0.5 for c in METRIC_COLUMNS}
-            row.update(epoch=i, test_acc=acc, epoch_seconds=epoch_seconds, wall_seconds=epoch_seconds * i,
-                       train_center=1.0 / i, intra_dist=1.0, center_dist=4.0, compactness=0.25)  # fmt: skip
+            row.update(
+                epoch=i,
+                test_acc=acc,
+                epoch_seconds=epoch_seconds,
+                wall_seconds=epoch_seconds * i,
+                train_center=1.0 / i,
+                intra_dist=1.0,
+                center_dist=4.0,
+                compactness=0.25,
+            )
             w.writerow(row)
     return run
 
@@ -129,15 +137,29 @@ def two_real_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     cfg = write_config(root / "base.yaml", train={"epochs": 2}, data={"train_subset": 1024, "test_subset": 512})
     for seed in (0, 1):
-        r = runner.invoke(app, ["train", str(cfg), "--runs-dir", str(root / "runs"), "--name", f"base_s{seed}",
-                                "--set", f"train.seed={seed}", "-q"])  # fmt: skip
+        r = runner.invoke(
+            app,
+            [
+                "train",
+                str(cfg),
+                "--runs-dir",
+                str(root / "runs"),
+                "--name",
+                f"base_s{seed}",
+                "--set",
+                f"train.seed={seed}",
+                "-q",
+            ],
+        )
         assert r.exit_code == 0, r.output
     return root / "runs"
 
 
 def test_compare_end_to_end_on_real_runs(two_real_runs, tmp_path):
     out = tmp_path / "cmp"
-    result = runner.invoke(app, ["compare", *map(str, sorted(two_real_runs.iterdir())), "--out", str(out), "--threshold", "0.2"])
+    result = runner.invoke(
+        app, ["compare", *map(str, sorted(two_real_runs.iterdir())), "--out", str(out), "--threshold", "0.2"]
+    )
     assert result.exit_code == 0, result.output
     assert "| base " in result.output and "| 2 " in result.output  # the two seeds form one group
     for name in ["report.md", "compare.csv", "accuracy.png", "losses.png", "features_grid.png"]:

@@ -27,15 +27,34 @@ def test_baseline_is_the_overview_setup():
 
 
 def test_required_keys_exist():
-    for key in ["train.epochs", "train.batch_size", "train.seed", "train.device", "data.train_subset",
-                "data.test_subset", "model.arch", "loss.distance", "loss.lamda", "loss.center_update",
-                "loss.center_lr", "loss.alpha"]:  # fmt: skip
+    for key in [
+        "train.epochs",
+        "train.batch_size",
+        "train.seed",
+        "train.device",
+        "data.train_subset",
+        "data.test_subset",
+        "model.arch",
+        "loss.distance",
+        "loss.lamda",
+        "loss.center_update",
+        "loss.center_lr",
+        "loss.alpha",
+    ]:
         assert key in all_keys()
 
 
 def test_overrides_are_parsed_as_yaml_scalars_and_typed():
-    cfg = load_config(CONFIGS / "v1_0.yaml", ["train.epochs=2", "data.train_subset=null", "loss.lamda=1e-3",
-                                              "train.deterministic=true", "loss.distance=sqrt"])  # fmt: skip
+    cfg = load_config(
+        CONFIGS / "v1_0.yaml",
+        [
+            "train.epochs=2",
+            "data.train_subset=null",
+            "loss.lamda=1e-3",
+            "train.deterministic=true",
+            "loss.distance=sqrt",
+        ],
+    )
     assert cfg.train.epochs == 2 and cfg.data.train_subset is None
     assert cfg.loss.lamda == pytest.approx(1e-3) and isinstance(cfg.loss.lamda, float)
     assert cfg.train.deterministic is True and cfg.loss.distance == "sqrt"

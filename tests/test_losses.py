@@ -63,7 +63,7 @@ def test_ema_update_matches_wen_et_al_eq4():
     alpha = 0.3
     expected = CENTERS.clone()
     for j in range(3):
-        mask = LABELS == j
+        mask = j == LABELS
         delta = (CENTERS[j] - FEATURES[mask]).sum(0) / (1 + mask.sum())
         expected[j] = CENTERS[j] - alpha * delta
     loss.update_centers(FEATURES, LABELS, alpha)

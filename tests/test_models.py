@@ -33,7 +33,17 @@ def test_architecture_and_output_shapes(arch, convs, pools, fc_in):
 def test_deep_stack_widths_follow_the_seed():
     model = build_model(ModelConfig(arch="deep"))
     widths = [(m[0].in_channels, m[0].out_channels) for m in model.modules() if isinstance(m, ConvLayer)]
-    assert widths == [(1, 32), (32, 64), (64, 128), (128, 256), (256, 512), (512, 512), (512, 256), (256, 128), (128, 64)]
+    assert widths == [
+        (1, 32),
+        (32, 64),
+        (64, 128),
+        (128, 256),
+        (256, 512),
+        (512, 512),
+        (512, 256),
+        (256, 128),
+        (128, 64),
+    ]
 
 
 def test_feat_dim_is_configurable():

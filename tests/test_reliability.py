@@ -1,6 +1,5 @@
 """Runs that can be trusted: bit-exact reruns, resume after SIGKILL / SIGINT / SIGTERM, clean errors."""
 
-import csv
 import errno
 import json
 import os
@@ -14,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.runs import TIMING_COLUMNS
+from centerexp.runs import TIMING_COLUMNS, read_metrics
 
-from .conftest import CONFIGS, run_cli, snapshot, write_config
+from .conftest import run_cli, snapshot, write_config
 
 runner = CliRunner()
 # baseline on 2,048 train / 1,024 test images, batch 256: 8 training steps per epoch, then the
@@ -30,7 +29,7 @@ def cli(*args):
 
 
 def metrics_without_timing(run):
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = read_metrics(run / "metrics.csv")
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
 
 
@@ -58,8 +57,12 @@ def test_rerun_is_bit_identical(tmp_path, tiny_config, reference_run):
 
 
 def test_conv_rerun_is_bit_identical(tmp_path):
-    cfg = write_config(tmp_path / "conv.yaml", base="v1_2", train={"epochs": 1, "batch_size": 32},
-                       data={"train_subset": 96, "test_subset": 64})  # fmt: skip
+    cfg = write_config(
+        tmp_path / "conv.yaml",
+        base="v1_2",
+        train={"epochs": 1, "batch_size": 32},
+        data={"train_subset": 96, "test_subset": 64},
+    )
     for name in ("a", "b"):
         assert cli("train", str(cfg), "--runs-dir", str(tmp_path), "--name", name, "-q").exit_code == 0
     assert metrics_without_timing(tmp_path / "a") == metrics_without_timing(tmp_path / "b")
@@ -179,7 +182,9 @@ def check_clean_error(result, code, *fragments):
 
 def test_missing_config(workspace, tmp_path):
     runs, before = workspace
-    check_clean_error(cli("train", str(tmp_path / "nope.yaml"), "--runs-dir", str(runs)), 2, "config file not found", "nope.yaml")
+    check_clean_error(
+        cli("train", str(tmp_path / "nope.yaml"), "--runs-dir", str(runs)), 2, "config file not found", "nope.yaml"
+    )
     assert snapshot(runs) == before
 
 
@@ -209,7 +214,9 @@ def test_yaml_syntax_error_names_the_line(workspace, tmp_path):
 )
 def test_bad_values(workspace, tiny_config, override, fragments):
     runs, before = workspace
-    check_clean_error(cli("train", str(tiny_config), "--runs-dir", str(runs), "--name", "new", "--set", override), 2, *fragments)
+    check_clean_error(
+        cli("train", str(tiny_config), "--runs-dir", str(runs), "--name", "new", "--set", override), 2, *fragments
+    )
     assert snapshot(runs) == before and not (runs / "new").exists()
 
 
@@ -223,7 +230,9 @@ def test_cuda_without_gpu(workspace, tiny_config):
 
 def test_existing_run_folder(workspace, tiny_config):
     runs, before = workspace
-    check_clean_error(cli("train", str(tiny_config), "--runs-dir", str(runs)), 2, "already exists", "--overwrite", "--resume")
+    check_clean_error(
+        cli("train", str(tiny_config), "--runs-dir", str(runs)), 2, "already exists", "--overwrite", "--resume"
+    )
     assert snapshot(runs) == before
 
 
@@ -293,11 +302,17 @@ def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("--debug", "train", str(tmp_path / "nope.yaml"))
     assert result.returncode != 0 and "Traceback" in result.stderr
     plain = run_cli("train", str(tmp_path / "nope.yaml"))
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr and plain.stderr.startswith("error: config file not found")
+    assert (
+        plain.returncode == 2
+        and "Traceback" not in plain.stderr
+        and plain.stderr.startswith("error: config file not found")
+    )
 
 
 def test_deterministic_flag_is_recorded(tmp_path, tiny_config):
-    result = cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "--deterministic", "--set", "train.epochs=1", "-q")
+    result = cli(
+        "train", str(tiny_config), "--runs-dir", str(tmp_path), "--deterministic", "--set", "train.epochs=1", "-q"
+    )
     assert result.exit_code == 0, result.output
     assert "deterministic: true" in (tmp_path / "tiny" / "config.yaml").read_text()
     assert torch.are_deterministic_algorithms_enabled()
