@@ -45,7 +45,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 30  # passes over the training split
     batch_size: int = 256  # images per training step
     eval_batch_size: int = 1024  # images per evaluation step (no gradients, so larger)
     optimizer: str = "sgd"  # sgd (the seed) | adam (the overview document)
@@ -53,7 +53,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     lr_step_epochs: Optional[int] = 20  # StepLR period in epochs; null: constant lr
     lr_gamma: float = 0.8  # StepLR factor
-    seed: int = 0
+    seed: int = 0  # seeds Python, NumPy, torch (model, centers) and the shuffle generator
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     precision: str = "auto"  # auto (bf16 where the hardware is fast at it) | fp32 | bf16
     channels_last: bool = True  # memory format for the conv nets; faster with oneDNN and cuDNN
