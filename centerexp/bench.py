@@ -5,21 +5,21 @@ shuffle=True)``, fp32 eager, default memory format, cross-entropy + center loss,
 centerexp: the trainer's own ``train_one_epoch`` on data resident on the device, with the precision
 and memory format a run would pick (``train.precision: auto``, channels_last).
 
-Both are timed after warm-up steps, over whole steps (forward, backward, both optimizer steps),
-with the device synchronised; FLOP per image is counted by torch's FlopCounterMode, and the
-matmul peak is measured in the same process so the fraction of peak is like for like.
+Both are timed the same way: images over wall time of ``steps`` whole steps (data, forward,
+backward, both optimizer steps) after ``warmup`` untimed ones, with the device synchronised.
+FLOP per image is counted by torch's FlopCounterMode, and the matmul peak is measured in the
+same process, so the fraction of peak is like for like.
 """
 
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from centerexp.config import Config
-from centerexp.data import default_root, load_mnist, prepare_mnist
+from centerexp.config import Config, ModelConfig
+from centerexp.data import data_root, load_mnist, prepare_mnist
 from centerexp.losses import CenterLoss
 from centerexp.models import build_model
 
@@ -48,7 +48,7 @@ def flop_per_image(arch: str, device: torch.device, batch: int = 8) -> float:
     """Forward + backward FLOP per image, counted by torch (convolutions and matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(Config().model.__class__(arch=arch)).to(device)
+    model = build_model(ModelConfig(arch=arch)).to(device)
     x = torch.rand(batch, 1, 28, 28, device=device)
     with FlopCounterMode(display=False) as counter:
         features, logits = model(x)
@@ -64,16 +64,16 @@ def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int, ro
     torch.manual_seed(0)
     dataset = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(dataset, batch_size=256, shuffle=True)
-    model = build_model(Config().model.__class__(arch=arch)).to(device)
+    model = build_model(ModelConfig(arch=arch)).to(device)
     center_loss = CenterLoss(10, 2).to(device)
     net_opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     center_opt = torch.optim.SGD(center_loss.parameters(), lr=0.5)
     model.train()
-    times = []
     batches = iter(loader)
     for i in range(warmup + steps):
-        sync(device)
-        t = time.perf_counter()
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
         x, y = next(batches)  # loading is part of the recipe's cost, so it is inside the timing
         x, y = x.to(device), y.to(device)
         features, logits = model(x)
@@ -83,15 +83,13 @@ def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int, ro
         loss.backward()
         net_opt.step()
         center_opt.step()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return 256 / statistics.median(times)
+    sync(device)
+    return 256 * steps / (time.perf_counter() - start)
 
 
 def centerexp_rate(arch: str, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, str]:
     """Images/s of centerexp's own training step (train_one_epoch over ``steps`` batches of 256)."""
-    from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch
+    from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch, uses_channels_last
 
     cfg = Config()
     cfg.model.arch = arch
@@ -103,7 +101,7 @@ def centerexp_rate(arch: str, device: torch.device, steps: int, warmup: int, pre
     warm, _ = load_mnist(cfg.data, 0, device)
     cfg.data.train_subset = 256 * steps
     timed, _ = load_mnist(cfg.data, 0, device)
-    args = (cfg, device, precision, cfg.train.channels_last, 1, StopFlag(), False)
+    args = (cfg, device, precision, uses_channels_last(cfg), 1, StopFlag(), False)
     train_one_epoch(parts, warm, *args)
     sync(device)
     t = time.perf_counter()
@@ -116,7 +114,7 @@ def profile_step(arch: str, device: torch.device, precision: str, steps: int = 3
     """torch.profiler table of centerexp's training step: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch
+    from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch, uses_channels_last
 
     cfg = Config()
     cfg.model.arch = arch
@@ -124,7 +122,7 @@ def profile_step(arch: str, device: torch.device, precision: str, steps: int = 3
     precision = resolve_precision(precision, device)
     parts = build_parts(cfg, device)
     data, _ = load_mnist(cfg.data, 0, device)
-    args = (cfg, device, precision, cfg.train.channels_last, 1, StopFlag(), False)
+    args = (cfg, device, precision, uses_channels_last(cfg), 1, StopFlag(), False)
     train_one_epoch(parts, data, *args)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -147,7 +145,7 @@ def run_bench(
     from centerexp.train import resolve_device, resolve_precision
 
     device = resolve_device(device_name)
-    root = prepare_mnist(default_root())
+    root = prepare_mnist(data_root(Config().data))
     used = resolve_precision(precision, device)
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
     result = {

@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from centerexp.compare import DEFAULT_THRESHOLDS
+from centerexp.config import CHOICES
 from centerexp.errors import CenterexpError
 
 app = typer.Typer(
@@ -63,7 +65,7 @@ def main_options(
 def _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change) -> str:
     """The train command as parsed, spelled out canonically (also right under CliRunner, where argv is pytest's)."""
     words = ["centerexp", "train"]
-    words += ["--resume", str(resume)] if resume is not None else [str(config), "--runs-dir", str(runs_dir)]
+    words += ["--resume", str(resume)] if resume is not None else [str(config), "--runs-dir", str(runs_dir or "runs")]
     words += ["--name", name] if name else []
     words += ["--overwrite"] if overwrite else []
     words += ["--allow-config-change"] if allow_config_change else []
@@ -79,7 +81,7 @@ def train(
         None, help="YAML config, e.g. configs/v1_0.yaml (not needed with --resume)."
     ),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set train.epochs=2 (repeatable)."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder that holds run folders."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Folder that holds run folders [default: runs]."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name [default: the config file's stem]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name."),
     resume: Optional[Path] = typer.Option(
@@ -98,15 +100,17 @@ def train(
     progress = False if quiet else None
     command = _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change)
     if resume is not None:
-        if config is not None:
+        if config is not None or runs_dir is not None or name is not None or overwrite:
             raise CenterexpError(
-                "give either CONFIG or --resume RUN, not both (a resumed run uses its own config.yaml)", 2
+                "--resume RUN takes no CONFIG, --runs-dir, --name or --overwrite "
+                "(a resumed run keeps its folder and its own config.yaml)",
+                2,
             )
         run_dir, summary = resume_run(resume, overrides, allow_config_change, command, progress)
     else:
         if config is None:
             raise CenterexpError("missing CONFIG (e.g. configs/v1_0.yaml) or --resume RUN", 2)
-        run_dir, summary = start_run(config, overrides, runs_dir, name, overwrite, command, progress)
+        run_dir, summary = start_run(config, overrides, runs_dir or Path("runs"), name, overwrite, command, progress)
     acc = summary.get("final_test_acc")
     acc_text = f", final test acc {acc:.4f}, best {summary['best_test_acc']:.4f}" if acc is not None else ""
     typer.echo(f"{run_dir}: {summary['status']} after {summary.get('epochs_done', 0)} epochs{acc_text}")
@@ -117,7 +121,9 @@ def train(
 def compare(
     runs: List[Path] = typer.Argument(None, help="Run folders, e.g. runs/* (non-run folders are skipped)."),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Where report.md, compare.csv and figures go."),
-    threshold: List[float] = typer.Option([0.98, 0.99], "--threshold", help="Test-accuracy threshold (repeatable)."),
+    threshold: List[float] = typer.Option(
+        list(DEFAULT_THRESHOLDS), "--threshold", help="Test-accuracy threshold (repeatable)."
+    ),
     csv: Optional[str] = typer.Option(None, "--csv", help="Also write the table as CSV to this path ('-' = stdout)."),
     all_keys: bool = typer.Option(False, "--all-keys", help="Show every config key, not only those that differ."),
 ):
@@ -193,10 +199,10 @@ def bench(
     """Images/s of the seed's plain loop vs centerexp's training step, with GFLOP/s and % of peak."""
     from centerexp.bench import run_bench
 
-    if precision not in ("auto", "fp32", "bf16") or device not in ("auto", "cpu", "cuda"):
+    if precision not in CHOICES["train.precision"] or device not in CHOICES["train.device"]:
         raise CenterexpError("--precision must be auto, fp32 or bf16 and --device auto, cpu or cuda", 2)
-    if steps < 1 or warmup < 1:
-        raise CenterexpError("--steps and --warmup must be >= 1", 2)
+    if steps < 1 or warmup < 1 or steps + warmup > 234:
+        raise CenterexpError("--steps and --warmup must be >= 1, with steps + warmup <= 234 (one MNIST epoch)", 2)
     run_bench(tuple(arch), steps, warmup, precision, device, profile, typer.echo, json_out)
 
 

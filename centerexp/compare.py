@@ -44,8 +44,11 @@ class Run:
 def load_runs(paths: list[Path], warn=None) -> list[Run]:
     """Read every run folder in ``paths``; other folders are skipped with a warning."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    runs = []
+    runs, seen = [], set()
     for path in map(Path, paths):
+        if path.resolve() in seen:  # runs/* runs/v1_0 must not count v1_0 twice
+            continue
+        seen.add(path.resolve())
         if not is_run_dir(path):
             warn(f"skipping {path}: not a run folder (no config.yaml and summary.json)")
             continue
@@ -191,8 +194,8 @@ def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[s
     rows = []
     for g in groups:
         first = g.runs[0]
-        status = first.status if g.n == 1 else "completed"
-        if first.status != "completed":
+        status = first.status
+        if not first.finished:
             status = f"{first.status} ({g.figures[0].get('epochs_done', 0)}/{first.config.get('train.epochs')} epochs)"
         row = [g.label, str(g.n), status, *[str(first.config.get(k)) for k in keys]]
         row += [_fmt(g.mean_std("final_acc"), g.n, pct=True), _fmt(g.mean_std("best_acc"), g.n, pct=True)]
@@ -239,17 +242,28 @@ def difference(a: Group, b: Group, key: str) -> dict | None:
 
 
 def find_v1_groups(groups: list[Group]) -> dict[str, Group] | None:
-    """V1.0 / V1.1 / V1.2 among the finished groups, recognised by their configs."""
-    found = {}
-    for g in groups:
-        r = g.runs[0]
-        if not r.finished:
+    """V1.0 / V1.1 / V1.2 among the finished groups: a deep + squared group, the group whose config
+    differs from it only in loss.distance (sqrt), and the one differing from that only in model.arch
+    (shallow). Returns the first complete triple, or None."""
+
+    def config(g: Group) -> dict:
+        return {k: v for k, v in g.runs[0].config.items() if k not in GROUP_KEY_IGNORED}
+
+    finished = [g for g in groups if g.runs[0].finished]
+
+    def find(base: dict, **changes) -> Group | None:
+        want = {**base, **{k.replace("__", "."): v for k, v in changes.items()}}
+        return next((g for g in finished if config(g) == want), None)
+
+    for v10 in finished:
+        base = config(v10)
+        if (base.get("model.arch"), base.get("loss.distance")) != ("deep", "squared"):
             continue
-        arch, dist = r.config.get("model.arch"), r.config.get("loss.distance")
-        tag = {("deep", "squared"): "V1.0", ("deep", "sqrt"): "V1.1", ("shallow", "sqrt"): "V1.2"}.get((arch, dist))
-        if tag and tag not in found:
-            found[tag] = g
-    return found if len(found) == 3 else None
+        v11 = find(base, loss__distance="sqrt")
+        v12 = find(base, loss__distance="sqrt", model__arch="shallow")
+        if v11 and v12:
+            return {"V1.0": v10, "V1.1": v11, "V1.2": v12}
+    return None
 
 
 def acc_at_epochs(g: Group) -> dict[int, tuple[float, float]]:

@@ -7,6 +7,7 @@ keys it changes; unknown keys, wrong types and out-of-range values are one-line 
 import contextlib
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,6 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def get(self, dotted: str) -> Any:
-        section, key = dotted.split(".", 1)
-        return getattr(getattr(self, section), key)
-
 
 CHOICES = {
     "data.subset_mode": ("first", "random"),
@@ -95,7 +92,7 @@ CHOICES = {
 
 # (check, what is expected) for numeric keys; None values pass (they mean "all"/"off").
 RANGES = {
-    "data.train_subset": (lambda v: v >= 1, ">= 1 or null"),
+    "data.train_subset": (lambda v: v >= 2, ">= 2 (BatchNorm trains on 2+ samples) or null"),
     "data.test_subset": (lambda v: v >= 1, ">= 1 or null"),
     "model.feat_dim": (lambda v: v >= 1, ">= 1"),
     "loss.lamda": (lambda v: v >= 0, ">= 0"),
@@ -166,6 +163,8 @@ def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
 def _validate_value(key: str, value: Any, where: str) -> None:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
     if key in RANGES and value is not None:
         check, expected = RANGES[key]
         if not check(value):
@@ -195,7 +194,10 @@ def from_dict(raw: Any, source: str = "config") -> Config:
             value = _coerce(value, types[dotted], f"{source}: {dotted}")
             _validate_value(dotted, value, source)
             values.setdefault(section, {})[key] = value
-    return Config(**{name: cls(**values.get(name, {})) for name, cls in sections.items()})
+    cfg = Config(**{name: cls(**values.get(name, {})) for name, cls in sections.items()})
+    if cfg.model.arch != "linear" and cfg.train.batch_size < 2:
+        raise ConfigError(f"{source}: train.batch_size must be >= 2 for model.arch {cfg.model.arch} (BatchNorm), got 1")
+    return cfg
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -231,7 +233,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(raw: Any, overrides: list[str]) -> dict:
     """Merge ``--set KEY=VALUE`` strings into a raw config dict (checked later by from_dict)."""
-    merged = {s: dict(b or {}) for s, b in (raw or {}).items()} if isinstance(raw, dict) else raw
+    # Copy the sections that are mappings; anything else is left for from_dict to report.
+    merged = {s: dict(b) if isinstance(b, dict) else b for s, b in (raw or {}).items()}
     known = all_keys()
     types = _field_types()
     for text in overrides:
@@ -241,7 +244,10 @@ def apply_overrides(raw: Any, overrides: list[str]) -> dict:
         value = _coerce(value, types[key], f"--set {key}")
         _validate_value(key, value, "--set")
         section, name = key.split(".", 1)
-        merged.setdefault(section, {})[name] = value
+        if merged.get(section) is None:  # absent or empty section
+            merged[section] = {}
+        if isinstance(merged[section], dict):  # anything else is reported by from_dict
+            merged[section][name] = value
     return merged
 
 

@@ -39,6 +39,10 @@ def default_root() -> Path:
     return Path(cache) / "centerexp"
 
 
+def data_root(cfg: DataConfig) -> Path:
+    return Path(cfg.root) if cfg.root else default_root()
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -47,14 +51,24 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+# Files verified in this process, keyed by (path, size, mtime): a run checks its data once even
+# though both the CLI (before creating the run folder) and the trainer ask.
+_verified: set[tuple[str, int, int]] = set()
+
+
 def _check(path: Path, name: str, fix: str) -> None:
     if not path.is_file():
         raise CenterexpError(f"MNIST file missing: {path} ({fix})")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
     digest = sha256_of(path)
     if digest != SHA256[name]:
         raise CenterexpError(
             f"MNIST file {path} fails its checksum: sha256 {digest[:12]}..., expected {SHA256[name][:12]}... ({fix})"
         )
+    _verified.add(key)
 
 
 def prepare_mnist(root: Path, download: bool = False, packaged: Path = PACKAGED) -> Path:
@@ -121,8 +135,7 @@ def load_mnist(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -
     """Return (train, test) splits, subset as configured, resident on ``device``."""
     from torchvision.datasets import MNIST
 
-    root = Path(cfg.root) if cfg.root else default_root()
-    prepare_mnist(root, download=cfg.download)
+    root = prepare_mnist(data_root(cfg), download=cfg.download)
     splits = []
     for train, n in ((True, cfg.train_subset), (False, cfg.test_subset)):
         ds = MNIST(str(root), train=train, download=False)

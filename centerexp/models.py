@@ -77,7 +77,3 @@ class LinearNet(nn.Module):
 def build_model(cfg: ModelConfig) -> nn.Module:
     builders = {"deep": deep_net, "shallow": shallow_net, "linear": LinearNet}
     return builders[cfg.arch](cfg.feat_dim)
-
-
-def is_conv(model: nn.Module) -> bool:
-    return isinstance(model, ConvNet)

@@ -1,5 +1,6 @@
 """Figures: loss/accuracy curves and the classic 2-D feature scatter with the centers marked."""
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -10,16 +11,17 @@ import torch
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
+from centerexp.runs import atomic_write_bytes
+
 DIGIT_COLORS = plt.get_cmap("tab10").colors
 
 
 def save_figure(fig, path: Path) -> None:
-    """Render to a temp name then rename, so a plot is never seen half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    """Render in memory, then write atomically: a plot is never seen half-written."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def style_epoch_axes(ax, log: bool = False) -> None:
@@ -109,9 +111,9 @@ def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
         return False
     images = [Image.open(p).convert("RGB") for p in frames]
     durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 4]
-    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.gif")
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    atomic_write_bytes(Path(path), buffer.getvalue())
     return True
 
 

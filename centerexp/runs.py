@@ -50,7 +50,6 @@ METRIC_COLUMNS = [
 ]
 # Columns that measure time: they differ between otherwise identical runs.
 TIMING_COLUMNS = {"epoch_seconds", "train_seconds", "eval_seconds", "wall_seconds", "images_per_second"}
-STATUSES = ("running", "completed", "failed", "interrupted")
 
 
 def _write_error(path: Path, e: OSError) -> CenterexpError:

@@ -26,7 +26,7 @@ from centerexp.config import Config, diff_configs, dump_config
 from centerexp.data import Split, load_mnist, to_float
 from centerexp.errors import CenterexpError
 from centerexp.losses import CenterLoss
-from centerexp.models import build_model, is_conv
+from centerexp.models import build_model
 from centerexp.runs import (
     MetricsLog,
     atomic_torch_save,
@@ -39,6 +39,7 @@ from centerexp.runs import (
 )
 
 CHECKPOINT_FORMAT = 1
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, restored when train.threads is null
 
 
 class Interrupted(CenterexpError):
@@ -141,7 +142,7 @@ class Parts:
 def build_parts(cfg: Config, device: torch.device) -> Parts:
     """Model and centers drawn from the (already seeded) global RNG; shuffle order from its own generator."""
     model = build_model(cfg.model).to(device)
-    if cfg.train.channels_last and is_conv(model):
+    if uses_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     center_loss = CenterLoss(10, cfg.model.feat_dim, cfg.loss.distance, cfg.loss.lamda, cfg.loss.count_normalized)
     center_loss = center_loss.to(device)
@@ -159,6 +160,11 @@ def build_parts(cfg: Config, device: torch.device) -> Parts:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step, gamma=cfg.train.lr_gamma)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     return Parts(model, center_loss, optimizer, center_optimizer, scheduler, shuffle)
+
+
+def uses_channels_last(cfg: Config) -> bool:
+    """channels_last applies to the conv nets only."""
+    return cfg.train.channels_last and cfg.model.arch != "linear"
 
 
 def autocast(device: torch.device, precision: str):
@@ -204,11 +210,10 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, device, precision, 
     model.train()
     n, bs = len(split), cfg.train.batch_size
     perm = torch.randperm(n, generator=parts.shuffle).to(device)
-    starts = [s for s in range(0, n, bs) if n - s > 1 or s == 0]  # BatchNorm cannot train on a lone sample
+    starts = [s for s in range(0, n, bs) if n - s > 1]  # BatchNorm cannot train on a lone trailing sample
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, center (x batch size), correct
-    seen = 0
-    features_seen, labels_seen = [], []
-    for batch, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")):
+    step_losses, features_seen = [], []
+    for start in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch"):
         idx = perm[start : start + bs]
         x, y = prepare_batch(split.images[idx], cfg, channels_last), split.labels[idx]
         with autocast(device, precision):
@@ -216,11 +221,6 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, device, precision, 
         ce = F.cross_entropy(logits.float(), y)
         center = center_loss(features, y)
         loss = ce + center
-        if not torch.isfinite(loss):
-            raise CenterexpError(
-                f"training loss became {loss.item()} at epoch {epoch}, batch {batch + 1}: run stopped, "
-                f"the checkpoint of epoch {epoch - 1} is kept"
-            )
         parts.optimizer.zero_grad(set_to_none=True)
         if parts.center_optimizer is not None:
             parts.center_optimizer.zero_grad(set_to_none=True)
@@ -231,13 +231,22 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, device, precision, 
         else:
             center_loss.update_centers(features, y, cfg.loss.alpha)
         k = len(y)
-        seen += k
         sums += torch.stack([loss.detach() * k, ce.detach() * k, center.detach() * k, (logits.argmax(1) == y).sum()])
+        step_losses.append(loss.detach())
         features_seen.append(features.detach().float())
-        labels_seen.append(y)
         if stop.signum is not None:
             name = signal.Signals(stop.signum).name
             raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + stop.signum)
+    # Checked once per epoch rather than per step: no host sync in the loop (it matters on a GPU).
+    step_losses = torch.stack(step_losses)
+    bad = (~torch.isfinite(step_losses)).nonzero()
+    if len(bad):
+        batch = bad[0].item()
+        raise CenterexpError(
+            f"training loss became {step_losses[batch].item()} at epoch {epoch}, batch {batch + 1}: run stopped, "
+            f"the checkpoint of epoch {epoch - 1} is kept"
+        )
+    seen = sum(min(bs, n - s) for s in starts)
     loss, ce, center, correct = (sums / seen).tolist()
     return {
         "loss": loss,
@@ -246,7 +255,7 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, device, precision, 
         "acc": correct,
         "n": seen,
         "features": torch.cat(features_seen),
-        "labels": torch.cat(labels_seen),
+        "order": perm[:seen],  # image index of each row of features
     }
 
 
@@ -296,7 +305,7 @@ def compactness(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
 # Checkpoints
 
 
-def checkpoint_dict(parts: Parts, cfg: Config, epoch: int, best: tuple[float, int], wall_seconds: float) -> dict:
+def checkpoint_dict(parts: Parts, cfg: Config, epoch: int, wall_seconds: float) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
@@ -307,16 +316,18 @@ def checkpoint_dict(parts: Parts, cfg: Config, epoch: int, best: tuple[float, in
         "center_optimizer": parts.center_optimizer.state_dict() if parts.center_optimizer else None,
         "scheduler": parts.scheduler.state_dict(),
         "rng": rng_state(parts.shuffle),
-        "best_test_acc": best[0],
-        "best_epoch": best[1],
         "wall_seconds": wall_seconds,
     }
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict:
-    """Load with weights_only=True; a truncated or foreign file is a clear error, not a traceback."""
+def load_checkpoint(path: Path) -> dict:
+    """Load with weights_only=True; a truncated or foreign file is a clear error, not a traceback.
+
+    Everything lands on the CPU: RNG states must stay CPU tensors, and load_state_dict moves
+    model and optimizer tensors to wherever the parameters live.
+    """
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip / pickle
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CenterexpError(f"checkpoint {path} cannot be read (truncated or corrupt?): {first}") from None
@@ -344,25 +355,27 @@ def _now() -> str:
 
 
 def _sample(n: int, k: int, seed: int) -> torch.Tensor:
-    """A fixed, seeded choice of k of n indices (the same points in every epoch's plot)."""
+    """A fixed, seeded choice of k of n image indices: the same images in every epoch's plot."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(k, n)]
 
 
-def write_epoch_plots(run_dir: Path, cfg: Config, epoch: int, train_stats: dict, test_stats: dict, centers) -> None:
+def write_epoch_plots(run_dir: Path, cfg: Config, epoch: int, train_split: Split, tr: dict, te: dict, centers) -> None:
     """Loss curves so far, this epoch's feature scatter (a frame of the GIF), and features.pt for compare."""
     name = run_dir.name
     plots.plot_loss_curves(metrics_columns(run_dir / "metrics.csv"), run_dir / "plots" / "loss_curves.png", name)
-
-    def sample(stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        features, labels = stats["features"].cpu(), stats["labels"].cpu()
-        idx = _sample(len(labels), cfg.plot.max_points, cfg.train.seed)
-        return features[idx], labels[idx]
-
-    (train_f, train_y), (test_f, test_y) = sample(train_stats), sample(test_stats)
+    # Training features arrive in shuffled order: find where the chosen images sit this epoch.
+    order = tr["order"].cpu()
+    position = torch.full((len(train_split),), -1, dtype=torch.long)
+    position[order] = torch.arange(len(order))
+    chosen = position[_sample(len(train_split), cfg.plot.max_points, cfg.train.seed)]
+    chosen = chosen[chosen >= 0]
+    train_f, train_y = tr["features"].cpu()[chosen], train_split.labels.cpu()[order[chosen]]
+    test_idx = _sample(len(te["labels"]), cfg.plot.max_points, cfg.train.seed)
+    test_f, test_y = te["features"].cpu()[test_idx], te["labels"].cpu()[test_idx]
     centers = centers.cpu()
     panels = [
-        (train_f, train_y, centers, f"train features (during epoch {epoch}, acc {train_stats['acc']:.3f})"),
-        (test_f, test_y, centers, f"test features (after epoch {epoch}, acc {test_stats['acc']:.3f})"),
+        (train_f, train_y, centers, f"train features (during epoch {epoch}, acc {tr['acc']:.3f})"),
+        (test_f, test_y, centers, f"test features (after epoch {epoch}, acc {te['acc']:.3f})"),
     ]
     frame = run_dir / "plots" / "features" / f"epoch_{epoch:03d}.png"
     plots.plot_features(panels, frame, f"{name}: epoch {epoch}")
@@ -370,6 +383,39 @@ def write_epoch_plots(run_dir: Path, cfg: Config, epoch: int, train_stats: dict,
     atomic_torch_save(
         {"epoch": epoch, "features": test_f, "labels": test_y, "centers": centers}, run_dir / "features.pt"
     )
+
+
+def progress_from_metrics(run_dir: Path) -> dict:
+    """The summary's progress fields, derived from metrics.csv (the one record of finished epochs)."""
+    path = run_dir / "metrics.csv"
+    m = metrics_columns(path) if path.exists() else {}
+    if not m.get("epoch"):
+        return {"epochs_done": 0}
+    accs = m["test_acc"]
+    best = max(range(len(accs)), key=lambda i: accs[i])  # first epoch with the best accuracy
+    return {
+        "epochs_done": int(m["epoch"][-1]),
+        "final_test_acc": accs[-1],
+        "best_test_acc": accs[best],
+        "best_epoch": int(m["epoch"][best]),
+        "wall_seconds": m["wall_seconds"][-1],
+        "seconds_per_epoch": m["wall_seconds"][-1] / len(accs),
+    }
+
+
+def write_run_header(run_dir: Path, cfg: Config, command: str, env: dict) -> None:
+    """config.yaml, a line in command.txt and env.json: what is starting (or resuming) this run."""
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    try:
+        with open(run_dir / "command.txt", "a") as f:
+            f.write(f"{_now()}  {command or ' '.join(sys.argv)}\n")
+    except OSError as e:
+        raise CenterexpError(f"cannot write {run_dir / 'command.txt'}: {e.strerror or e}") from None
+    env_path = run_dir / "env.json"
+    if env_path.exists():  # keep what produced the earlier epochs; note each resume's environment
+        first = read_json(env_path)
+        env = {**first, "resumes": [*first.get("resumes", []), {"time": _now(), **env}]}
+    write_json(env_path, env)
 
 
 def train(
@@ -383,25 +429,27 @@ def train(
 ) -> dict:
     """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
 
-    Returns the final summary dict. Raises CenterexpError (with the run marked failed or
+    Per epoch: train -> evaluate -> append the metrics row -> plots and features.pt -> checkpoint
+    (the commit point: resume starts after the last checkpointed epoch and drops later rows) ->
+    summary.json. Returns the final summary. Raises CenterexpError (with the run marked failed or
     interrupted in summary.json) when the run cannot finish.
     """
     run_dir = Path(run_dir)
     progress = sys.stderr.isatty() if progress is None else progress
     device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    torch.set_num_threads(cfg.train.threads or DEFAULT_THREADS)
     precision = resolve_precision(cfg.train.precision, device)
     configure_determinism(cfg.train.deterministic, device)
     seed_everything(cfg.train.seed)
-    channels_last = cfg.train.channels_last and cfg.model.arch != "linear"
+    channels_last = uses_channels_last(cfg)
 
     train_set, test_set = load_mnist(cfg.data, cfg.train.seed, device)
     parts = build_parts(cfg, device)
-    start_epoch, best, wall_before = 0, (0.0, 0), 0.0
+    start_epoch, wall_before = 0, 0.0
     ckpt_path = run_dir / "checkpoints" / "last.pt"
+    metrics = MetricsLog(run_dir / "metrics.csv")
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device)
+        ckpt = load_checkpoint(ckpt_path)
         changed = diff_configs(ckpt["config"], cfg.to_dict())
         if changed and not allow_config_change:
             raise CenterexpError(
@@ -410,30 +458,17 @@ def train(
                 exit_code=2,
             )
         restore(parts, ckpt)
-        start_epoch, best, wall_before = (
-            ckpt["epoch"],
-            (ckpt["best_test_acc"], ckpt["best_epoch"]),
-            ckpt["wall_seconds"],
-        )
+        start_epoch, wall_before = ckpt["epoch"], ckpt["wall_seconds"]
+    elif resume and progress_from_metrics(run_dir)["epochs_done"] > 0:
+        raise CenterexpError(f"{ckpt_path} is missing but {run_dir}/metrics.csv has finished epochs: cannot resume")
 
-    metrics = MetricsLog(run_dir / "metrics.csv")
     metrics.truncate_to(start_epoch)  # rows past the checkpoint come from an epoch being redone
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    with open(run_dir / "command.txt", "a") as f:
-        f.write(f"{_now()}  {command or ' '.join(sys.argv)}\n")
-    write_json(run_dir / "env.json", env_info(device, precision, channels_last))
+    write_run_header(run_dir, cfg, command, env_info(device, precision, channels_last))
     summary_path = run_dir / "summary.json"
-    summary = read_json(summary_path) if resume and summary_path.exists() else {"started": _now()}
-    summary.update(
-        name=run_dir.name,
-        status="running",
-        error=None,
-        epochs=cfg.train.epochs,
-        seed=cfg.train.seed,
-        device=str(device),
-        precision=precision,
-    )
-    summary.setdefault("epochs_done", start_epoch)
+    summary = read_json(summary_path) if summary_path.exists() else {}
+    summary.setdefault("started", _now())
+    summary.update(name=run_dir.name, epochs=cfg.train.epochs, seed=cfg.train.seed, device=str(device))
+    summary.update(precision=precision, **progress_from_metrics(run_dir))
 
     def finish(status: str, error: str | None = None) -> None:
         summary.update(status=status, error=error, updated=_now())
@@ -444,21 +479,12 @@ def train(
             finish(status, error)
 
     finish("running")
-    if start_epoch >= cfg.train.epochs:
-        finish("completed")
-        return summary
-
     t_run = time.perf_counter()
     try:
         with stop_on_signals() as stop:
-            for epoch in tqdm(
-                range(start_epoch + 1, cfg.train.epochs + 1),
-                desc=run_dir.name,
-                initial=start_epoch,
-                total=cfg.train.epochs,
-                disable=not progress,
-                unit="epoch",
-            ):
+            epochs = range(start_epoch + 1, cfg.train.epochs + 1)
+            bar = tqdm(epochs, desc=run_dir.name, initial=start_epoch, total=cfg.train.epochs, disable=not progress)
+            for epoch in bar:
                 lr = parts.optimizer.param_groups[0]["lr"]
                 t0 = time.perf_counter()
                 tr = train_one_epoch(parts, train_set, cfg, device, precision, channels_last, epoch, stop, progress)
@@ -466,8 +492,6 @@ def train(
                 te = evaluate(parts, test_set, cfg, device, precision, channels_last)
                 t2 = time.perf_counter()
                 parts.scheduler.step()
-                if te["acc"] > best[0]:
-                    best = (te["acc"], epoch)
                 wall = wall_before + (t2 - t_run)
                 metrics.append(
                     {
@@ -475,9 +499,7 @@ def train(
                         "lr": lr,
                         **{f"train_{k}": tr[k] for k in ("loss", "ce", "center", "acc")},
                         **{f"test_{k}": te[k] for k in ("loss", "ce", "center", "acc")},
-                        "intra_dist": te["intra_dist"],
-                        "center_dist": te["center_dist"],
-                        "compactness": te["compactness"],
+                        **{k: te[k] for k in ("intra_dist", "center_dist", "compactness")},
                         "epoch_seconds": t2 - t0,
                         "train_seconds": t1 - t0,
                         "eval_seconds": t2 - t1,
@@ -485,16 +507,10 @@ def train(
                         "images_per_second": tr["n"] / (t1 - t0),
                     }
                 )
-                atomic_torch_save(checkpoint_dict(parts, cfg, epoch, best, wall), ckpt_path)
-                write_epoch_plots(run_dir, cfg, epoch, tr, te, parts.center_loss.centers.detach().float())
-                summary.update(
-                    epochs_done=epoch,
-                    final_test_acc=te["acc"],
-                    best_test_acc=best[0],
-                    best_epoch=best[1],
-                    wall_seconds=wall,
-                    seconds_per_epoch=wall / epoch,
-                )
+                centers = parts.center_loss.centers.detach().float()
+                write_epoch_plots(run_dir, cfg, epoch, train_set, tr, te, centers)
+                atomic_torch_save(checkpoint_dict(parts, cfg, epoch, wall), ckpt_path)
+                summary.update(progress_from_metrics(run_dir))
                 finish("running")
                 tqdm.write(
                     f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: "
@@ -504,14 +520,14 @@ def train(
                 if stop.signum is not None:  # arrived during evaluation: the epoch is complete and saved
                     name = signal.Signals(stop.signum).name
                     raise Interrupted(f"stopped by {name} after epoch {epoch}", exit_code=128 + stop.signum)
+            if cfg.plot.gif:
+                plots.feature_gif(run_dir)
     except Interrupted as e:
         finish_quietly("interrupted", str(e))
         raise Interrupted(f"{e}; resume with: centerexp train --resume {run_dir}", exit_code=e.exit_code) from None
     except BaseException as e:
         finish_quietly("failed", str(e) or type(e).__name__)
         raise
-    if cfg.plot.gif:
-        plots.feature_gif(run_dir)
     finish("completed")
     return summary
 
@@ -531,13 +547,17 @@ def start_run(
 ) -> tuple[Path, dict]:
     """Check everything that can be checked cheaply, then create the run folder and train."""
     from centerexp.config import load_config
-    from centerexp.data import default_root, prepare_mnist
+    from centerexp.data import data_root, prepare_mnist
     from centerexp.runs import create_run_dir
 
     cfg = load_config(config_path, overrides)
     resolve_device(cfg.train.device)  # no GPU -> fail before any folder is made
-    prepare_mnist(Path(cfg.data.root) if cfg.data.root else default_root(), download=cfg.data.download)
+    prepare_mnist(data_root(cfg.data), download=cfg.data.download)
     run_dir = create_run_dir(Path(runs_dir), name or Path(config_path).stem, overwrite)
+    # From here on the folder is a run (config.yaml + summary.json), so --resume or --overwrite
+    # work on it even if this process dies before the first epoch ends.
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    write_json(run_dir / "summary.json", {"started": _now(), "status": "running", "epochs_done": 0})
     return run_dir, train(cfg, run_dir, command=command, progress=progress)
 
 
@@ -554,9 +574,7 @@ def resume_run(
 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise CenterexpError(
-            f"--resume {run_dir}: not a centerexp run folder (no config.yaml and summary.json)", exit_code=2
-        )
+        raise CenterexpError(f"--resume {run_dir}: not a centerexp run folder (no config.yaml and summary.json)", 2)
     cfg = load_config(run_dir / "config.yaml", overrides)
     resolve_device(cfg.train.device)
     (run_dir / "checkpoints").mkdir(exist_ok=True)

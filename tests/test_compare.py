@@ -173,3 +173,21 @@ def test_plot_command_rebuilds_curves_and_gif(two_real_runs):
     result = runner.invoke(app, ["plot", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "plots" / "features.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def test_a_run_given_twice_counts_once(tmp_path):
+    a = fake_run(tmp_path, "a", [0.5, 0.99])
+    result = compare([a, a, tmp_path / "a"], tmp_path / "out", echo=quiet)
+    assert [r[1] for r in result["rows"]] == ["1"]
+
+
+def test_v1_claims_need_configs_that_differ_only_where_the_seed_says(tmp_path):
+    runs = [
+        fake_run(tmp_path, "v1_0", [0.9, 0.99]),
+        fake_run(tmp_path, "v1_1", [0.5, 0.97], distance="sqrt"),
+        fake_run(tmp_path, "v1_2", [0.5, 0.97], distance="sqrt", arch="shallow"),
+    ]
+    cfg = yaml.safe_load((runs[2] / "config.yaml").read_text())
+    cfg["loss"]["lamda"] = 0.5  # no longer V1.1 with a shallower net
+    (runs[2] / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert compare(runs, tmp_path / "out", echo=quiet)["claims"] == []

@@ -77,7 +77,8 @@ def test_empty_file_gives_defaults(tmp_path):
         ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
         ("train.lr=0", "train.lr must be > 0, got 0.0"),
         ("train.lr=-0.1", "train.lr must be > 0"),
-        ("data.train_subset=0", "data.train_subset must be >= 1 or null, got 0"),
+        ("data.train_subset=1", "data.train_subset must be >= 2 (BatchNorm trains on 2+ samples) or null, got 1"),
+        ("train.lr=.inf", "train.lr must be a finite number, got inf"),
         ("data.test_subset=-5", "data.test_subset must be >= 1 or null"),
         ("loss.alpha=1.5", "loss.alpha must be in [0, 1], got 1.5"),
         ("model.arch=resnet", "model.arch must be one of deep, shallow, linear, got 'resnet'"),
@@ -111,6 +112,26 @@ def test_bad_file_contents_name_the_file(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad)
+
+
+def test_overrides_on_an_empty_file_or_null_section(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml", ["train.epochs=2"]).train.epochs == 2
+    (tmp_path / "null.yaml").write_text("train:\n")
+    assert load_config(tmp_path / "null.yaml", ["train.seed=4"]).train.seed == 4
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: 5\n")
+    for overrides in ([], ["train.epochs=2"]):
+        with pytest.raises(ConfigError, match="bad.yaml: section 'train' must be a mapping, got 5"):
+            load_config(tmp_path / "bad.yaml", overrides)
+
+
+def test_batch_of_one_is_refused_for_conv_nets():
+    with pytest.raises(ConfigError, match="train.batch_size must be >= 2 for model.arch deep"):
+        load_config(CONFIGS / "v1_0.yaml", ["train.batch_size=1"])
+    assert load_config(CONFIGS / "baseline.yaml", ["train.batch_size=1"]).train.batch_size == 1
 
 
 def test_missing_file(tmp_path):

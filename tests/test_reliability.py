@@ -109,18 +109,57 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_
     assert "--resume" in (run / "command.txt").read_text().splitlines()[-1]
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_sigint_sigterm_stop_cleanly_and_resume(tmp_path, tiny_config, reference_run, sig, code):
-    at = CALLS_PER_EPOCH + 3  # epoch 2, third training batch
+@pytest.mark.parametrize(
+    "sig, code, at, message",
+    [
+        (signal.SIGINT, 130, CALLS_PER_EPOCH + 3, "stopped by SIGINT during epoch 2"),  # mid-training
+        (signal.SIGTERM, 143, CALLS_PER_EPOCH + 3, "stopped by SIGTERM during epoch 2"),
+        (signal.SIGINT, 130, CALLS_PER_EPOCH - 1, "stopped by SIGINT after epoch 1"),  # during evaluation
+    ],
+)
+def test_sigint_sigterm_stop_cleanly_and_resume(tmp_path, tiny_config, reference_run, sig, code, at, message):
     stopped = _self_signalling_run(tmp_path, tiny_config, sig, at)
     assert stopped.returncode == code, stopped.stderr
-    assert f"stopped by {signal.Signals(sig).name} during epoch 2" in stopped.stderr
+    assert message in stopped.stderr
     assert "resume with: centerexp train --resume" in stopped.stderr and "Traceback" not in stopped.stderr
     run = tmp_path / "tiny"
-    assert summary(run)["status"] == "interrupted"
+    assert summary(run)["status"] == "interrupted" and summary(run)["epochs_done"] == 1
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
     assert cli("train", "--resume", str(run), "-q").exit_code == 0
     assert metrics_without_timing(run) == metrics_without_timing(reference_run)
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["resumes"]) == 1 and env["resumes"][0]["torch"] == torch.__version__
+
+
+def test_a_run_that_dies_during_setup_can_be_resumed(tmp_path, tiny_config, reference_run, monkeypatch):
+    import centerexp.train as train_module
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_mnist", dies)
+    assert cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "-q").exit_code == 130
+    run = tmp_path / "tiny"
+    assert summary(run)["status"] == "running"  # nothing got to record the end: still resumable
+    monkeypatch.undo()
+    result = cli("train", "--resume", str(run), "-q")
+    assert result.exit_code == 0, result.output
+    assert metrics_without_timing(run) == metrics_without_timing(reference_run)
+
+
+def test_resume_refuses_when_the_checkpoint_is_gone_but_epochs_are_recorded(workspace):
+    runs, _ = workspace
+    (runs / "tiny" / "checkpoints" / "last.pt").unlink()
+    before = snapshot(runs)
+    check_clean_error(cli("train", "--resume", str(runs / "tiny")), 1, "last.pt is missing", "cannot resume")
+    assert snapshot(runs) == before
+
+
+def test_resume_rejects_new_run_options(workspace):
+    runs, before = workspace
+    result = cli("train", "--resume", str(runs / "tiny"), "--name", "other")
+    check_clean_error(result, 2, "--resume RUN takes no CONFIG, --runs-dir, --name or --overwrite")
+    assert snapshot(runs) == before
 
 
 def test_resume_refuses_a_changed_config_unless_told(tmp_path, reference_run):
@@ -204,7 +243,7 @@ def test_yaml_syntax_error_names_the_line(workspace, tmp_path):
         ("train.lr=0", ["train.lr must be > 0"]),
         ("train.batch_size=0", ["train.batch_size must be >= 1"]),
         ("train.epochs=0", ["train.epochs must be >= 1"]),
-        ("data.train_subset=0", ["data.train_subset must be >= 1"]),
+        ("data.train_subset=0", ["data.train_subset must be >= 2"]),
         ("loss.alpha=2", ["loss.alpha must be in [0, 1], got 2.0"]),
         ("model.arch=vgg", ["model.arch must be one of deep, shallow, linear"]),
         ("loss.distance=l1", ["loss.distance must be one of squared, sqrt"]),
@@ -290,12 +329,16 @@ def test_disk_full_mid_run_is_a_clear_error(tmp_path, tiny_config, monkeypatch):
 def test_read_only_runs_dir_is_a_clear_error(tmp_path, tiny_config, monkeypatch):
     from pathlib import Path
 
+    real_mkdir, runs = Path.mkdir, tmp_path / "runs"
+
     def mkdir(self, *args, **kwargs):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        if runs in self.parents or self == runs:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    result = cli("train", str(tiny_config), "--runs-dir", str(tmp_path / "runs"))
-    check_clean_error(result, 1, "cannot create", "Read-only file system")
+    result = cli("train", str(tiny_config), "--runs-dir", str(runs))
+    check_clean_error(result, 1, f"cannot create run folder {runs / 'tiny'}: Read-only file system")
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -310,10 +353,11 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_deterministic_flag_is_recorded(tmp_path, tiny_config):
-    result = cli(
-        "train", str(tiny_config), "--runs-dir", str(tmp_path), "--deterministic", "--set", "train.epochs=1", "-q"
-    )
-    assert result.exit_code == 0, result.output
-    assert "deterministic: true" in (tmp_path / "tiny" / "config.yaml").read_text()
-    assert torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(False)
+    try:
+        args = ["--runs-dir", str(tmp_path), "--deterministic", "--set", "train.epochs=1", "-q"]
+        result = cli("train", str(tiny_config), *args)
+        assert result.exit_code == 0, result.output
+        assert "deterministic: true" in (tmp_path / "tiny" / "config.yaml").read_text()
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -1,0 +1,40 @@
+"""make reproduce: trains what is missing, keeps what is done, refuses runs made with another config."""
+
+import pytest
+import yaml
+
+from centerexp.errors import CenterexpError
+from centerexp.reproduce import reproduce
+
+# The V1 configs turned into tiny linear runs, so the orchestration is tested in seconds.
+TINY = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=1"]
+
+
+def test_reproduce_trains_compares_then_keeps_completed_runs(tmp_path):
+    out = []
+    result = reproduce("quick", seeds=2, runs_dir=tmp_path, progress=False, extra=TINY, echo=out.append)
+    names = sorted(p.name for p in tmp_path.iterdir() if (p / "summary.json").exists())
+    assert names == ["v1_0_s0", "v1_0_s1", "v1_1_s0", "v1_1_s1", "v1_2_s0", "v1_2_s1"]
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "compare.csv").is_file()
+    assert len(result["groups"]) == 2  # v1_0 and v1_1 differ (distance); v1_1 and v1_2 are both linear now
+    cfg = yaml.safe_load((tmp_path / "v1_2_s1" / "config.yaml").read_text())
+    assert cfg["train"]["seed"] == 1 and cfg["data"]["train_subset"] == 256 and cfg["train"]["batch_size"] == 64
+
+    before = (tmp_path / "v1_0_s0" / "metrics.csv").read_bytes()
+    out.clear()
+    reproduce("quick", seeds=2, runs_dir=tmp_path, progress=False, extra=TINY, echo=out.append)
+    assert sum("already completed, kept" in line for line in out) == 6
+    assert (tmp_path / "v1_0_s0" / "metrics.csv").read_bytes() == before
+
+
+def test_reproduce_refuses_runs_made_with_another_profile(tmp_path):
+    reproduce("quick", seeds=1, runs_dir=tmp_path, progress=False, extra=TINY, echo=lambda *_: None)
+    with pytest.raises(CenterexpError, match=r"v1_0_s0 was trained with a different config \(.*train.epochs"):
+        reproduce("quick", seeds=1, runs_dir=tmp_path, progress=False, extra=[*TINY[:-1], "train.epochs=2"])
+
+
+def test_reproduce_rejects_bad_arguments(tmp_path):
+    with pytest.raises(CenterexpError, match="unknown profile 'fast'"):
+        reproduce("fast", runs_dir=tmp_path)
+    with pytest.raises(CenterexpError, match="--seeds must be >= 1"):
+        reproduce("quick", seeds=0, runs_dir=tmp_path)
