@@ -453,11 +453,35 @@ def spread_notes(groups: list[Group]) -> list[str]:
     return notes
 
 
+def provenance(runs: list[Run]) -> list[str]:
+    """Where the numbers come from: machine, software, commit and total training time of the runs."""
+    envs = []
+    for r in runs:
+        try:
+            envs.append(read_json(r.path / "env.json"))
+        except (OSError, ValueError):
+            continue
+    if not envs:
+        return []
+
+    def describe(env: dict) -> str:
+        git = env.get("git") or {}
+        commit = f"commit {str(git.get('commit'))[:10]}" + (" (dirty)" if git.get("dirty") else "")
+        device = f"{env.get('device_name')} ({env.get('threads')} threads)"
+        return f"{device}, {env.get('precision')}, torch {env.get('torch')}, {commit}"
+
+    machines = sorted({describe(e) for e in envs})
+    total = sum(r.metrics["wall_seconds"][-1] for r in runs if r.metrics.get("wall_seconds"))
+    return [f"Produced on: {'; '.join(machines)}. Training wall time of all runs together: {total / 60:.1f} min."]
+
+
 def report_markdown(runs, table, notes, claims, figures, thresholds) -> str:
     parts = [
         "# centerexp comparison",
         "",
         f"{len(runs)} runs: {', '.join(r.name for r in runs)}.",
+        "",
+        *provenance(runs),
         "",
         "Rows group runs whose configs differ only in `train.seed` (mean ± sample std over seeds, n = seeds). "
         f"'epoch to t' / 's to t': first epoch and wall-clock seconds at which test accuracy reached t "

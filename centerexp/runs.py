@@ -52,6 +52,16 @@ METRIC_COLUMNS = [
 TIMING_COLUMNS = {"epoch_seconds", "train_seconds", "eval_seconds", "wall_seconds", "images_per_second"}
 
 
+def _file_mode() -> int:
+    """The mode a plain open() would give a new file: mkstemp's 0600 would hide run outputs from others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def _write_error(path: Path, e: OSError) -> CenterexpError:
     return CenterexpError(f"cannot write {path}: {e.strerror or e}")
 
@@ -62,6 +72,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -136,6 +147,18 @@ def git_info() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def env_info(device: torch.device, precision: str, channels_last: bool) -> dict:
     import torchvision
 
@@ -148,7 +171,7 @@ def env_info(device: torch.device, precision: str, channels_last: bool) -> dict:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "precision": precision,
         "channels_last": channels_last,
         "cuda": torch.version.cuda,

@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.runs import METRIC_COLUMNS, read_metrics
+from centerexp.runs import FILE_MODE, METRIC_COLUMNS, read_metrics
 
 from .conftest import CONFIGS, snapshot, write_config
 
@@ -63,6 +63,8 @@ def test_cli_run_writes_every_file(v1_run):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert (run / "plots/loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "plots/features.gif").read_bytes()[:6] == b"GIF89a"
+    for name in ["summary.json", "checkpoints/last.pt", "plots/loss_curves.png"]:  # atomic writes keep normal modes
+        assert (run / name).stat().st_mode & 0o777 == FILE_MODE, name
 
 
 def test_run_records_what_produced_it(v1_run):
