@@ -292,7 +292,8 @@ def claim_verdict(fast: Group, slow: Group, thresholds) -> tuple[str, list[str]]
             f"epochs to {t:g}: {_threshold_cell(fast, f'epoch_to_{t:g}')} vs {_threshold_cell(slow, f'epoch_to_{t:g}')}"
         )
     if d["single_seed"]:
-        verdict = "supported (one seed: no spread to judge against)" if d["diff"] > 0 else "not supported (one seed)"
+        direction = "supported" if d["diff"] > 0 else "not supported"
+        verdict = f"{direction} (one seed: no spread to judge against)"
     elif d["within"]:
         verdict = "inconclusive: the difference is within the seed-to-seed spread"
     elif d["diff"] > 0:

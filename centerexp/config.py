@@ -22,7 +22,7 @@ from centerexp.errors import ConfigError
 class DataConfig:
     root: Optional[str] = None  # cache folder for the unpacked IDX files; null: $CENTEREXP_DATA or ~/.cache/centerexp
     download: bool = False  # fetch with torchvision instead of the copy shipped in the package
-    train_subset: Optional[int] = None  # number of training images; null: all 60,000
+    train_subset: Optional[int] = None  # number of training images (>= 2); null: all 60,000
     test_subset: Optional[int] = None  # number of test images; null: all 10,000
     subset_mode: str = "first"  # first: the first N images; random: N images drawn with train.seed
     normalize: bool = False  # subtract 0.1307 and divide by 0.3081 (the seed used ToTensor only: off)
