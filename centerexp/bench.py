@@ -87,46 +87,47 @@ def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int, ro
     return 256 * steps / (time.perf_counter() - start)
 
 
-def centerexp_rate(arch: str, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, str]:
-    """Images/s of centerexp's own training step (train_one_epoch over ``steps`` batches of 256)."""
+def centerexp_epoch(arch: str, device: torch.device, precision: str):
+    """centerexp's own training step on ``arch``: returns (run, precision used), where run(steps)
+    is one train_one_epoch pass over the first ``steps`` x 256 resident training images."""
+    from centerexp.data import Split
     from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch, uses_channels_last
 
     cfg = Config()
     cfg.model.arch = arch
-    cfg.train.precision = precision
-    cfg.data.train_subset = 256 * warmup
-    precision = resolve_precision(precision, device)
+    used = resolve_precision(precision, device)
     torch.manual_seed(0)
     parts = build_parts(cfg, device)
-    warm, _ = load_mnist(cfg.data, 0, device)
-    cfg.data.train_subset = 256 * steps
-    timed, _ = load_mnist(cfg.data, 0, device)
-    args = (cfg, device, precision, uses_channels_last(cfg), 1, StopFlag(), False)
-    train_one_epoch(parts, warm, *args)
+    train_split, _ = load_mnist(cfg.data, 0, device)
+    args = (cfg, device, used, uses_channels_last(cfg), 1, StopFlag(), False)
+
+    def run(steps: int) -> None:
+        n = 256 * steps
+        train_one_epoch(parts, Split(train_split.images[:n], train_split.labels[:n]), *args)
+
+    return run, used
+
+
+def centerexp_rate(arch: str, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, str]:
+    """Images/s of centerexp's own training step over ``steps`` batches of 256, after ``warmup``."""
+    run, used = centerexp_epoch(arch, device, precision)
+    run(warmup)
     sync(device)
     t = time.perf_counter()
-    train_one_epoch(parts, timed, *args)
+    run(steps)
     sync(device)
-    return 256 * steps / (time.perf_counter() - t), precision
+    return 256 * steps / (time.perf_counter() - t), used
 
 
 def profile_step(arch: str, device: torch.device, precision: str, steps: int = 3, rows: int = 15) -> str:
     """torch.profiler table of centerexp's training step: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch, uses_channels_last
-
-    cfg = Config()
-    cfg.model.arch = arch
-    cfg.data.train_subset = 256 * steps
-    precision = resolve_precision(precision, device)
-    parts = build_parts(cfg, device)
-    data, _ = load_mnist(cfg.data, 0, device)
-    args = (cfg, device, precision, uses_channels_last(cfg), 1, StopFlag(), False)
-    train_one_epoch(parts, data, *args)
+    run, _ = centerexp_epoch(arch, device, precision)
+    run(steps)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_one_epoch(parts, data, *args)
+        run(steps)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 

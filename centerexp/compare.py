@@ -251,16 +251,15 @@ def find_v1_groups(groups: list[Group]) -> dict[str, Group] | None:
 
     finished = [g for g in groups if g.runs[0].finished]
 
-    def find(base: dict, **changes) -> Group | None:
-        want = {**base, **{k.replace("__", "."): v for k, v in changes.items()}}
-        return next((g for g in finished if config(g) == want), None)
+    def find(config_wanted: dict) -> Group | None:
+        return next((g for g in finished if config(g) == config_wanted), None)
 
     for v10 in finished:
         base = config(v10)
         if (base.get("model.arch"), base.get("loss.distance")) != ("deep", "squared"):
             continue
-        v11 = find(base, loss__distance="sqrt")
-        v12 = find(base, loss__distance="sqrt", model__arch="shallow")
+        v11 = find({**base, "loss.distance": "sqrt"})
+        v12 = find({**base, "loss.distance": "sqrt", "model.arch": "shallow"})
         if v11 and v12:
             return {"V1.0": v10, "V1.1": v11, "V1.2": v12}
     return None

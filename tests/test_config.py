@@ -95,22 +95,20 @@ def test_bad_overrides_are_one_line_errors(override, message):
     assert e.value.exit_code == 2
 
 
-def test_bad_file_contents_name_the_file(tmp_path):
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("train:\n  epochs: 3\n  lr: [0.1\n", r"bad.yaml:.*line \d+.*YAML syntax error"),
+        ("train:\n  epohcs: 3\n", r"bad.yaml: unknown key 'train.epohcs' \(did you mean 'train.epochs'\?\)"),
+        ("trian:\n  epochs: 3\n", r"unknown key 'trian' \(did you mean 'train'\?\)"),
+        ("loss:\n  lamda: fast\n", r"bad.yaml: loss.lamda: expected a number, got 'fast'"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
+def test_bad_file_contents_name_the_file(tmp_path, text, pattern):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  epochs: 3\n  lr: [0.1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:.*line \d+.*YAML syntax error"):
-        load_config(bad)
-    bad.write_text("train:\n  epohcs: 3\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'train.epohcs' \(did you mean 'train.epochs'\?\)"):
-        load_config(bad)
-    bad.write_text("trian:\n  epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'trian' \(did you mean 'train'\?\)"):
-        load_config(bad)
-    bad.write_text("loss:\n  lamda: fast\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: loss.lamda: expected a number, got 'fast'"):
-        load_config(bad)
-    bad.write_text("- just\n- a list\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
         load_config(bad)
 
 
