@@ -10,7 +10,7 @@ PROFILE ?= full
 SEEDS ?= 3
 RUNS ?= runs
 
-.PHONY: install test lint format reproduce bench clean
+.PHONY: install test test-slurm lint format reproduce bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# reproduce --launcher slurm on a real single-node Slurm cluster started from a temp dir (needs root;
+# installs Debian's slurm-wlm and munge when missing). A few minutes; not part of `make test`.
+test-slurm: install
+	tests/slurm/install.sh
+	CENTEREXP_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,26 +2,35 @@
 
 Plain loop (what the seed ran): torchvision ``MNIST`` with ``ToTensor()``, ``DataLoader(batch_size=256,
 shuffle=True)``, fp32 eager, default memory format, cross-entropy + center loss, two SGD optimizers.
-centerexp: the trainer's own ``train_one_epoch`` on data resident on the device, with the precision
-and memory format a run would pick (``train.precision: auto``, channels_last).
+centerexp: the trainer's own ``train_one_epoch`` on data resident on the device, channels_last,
+in fp32, in bf16, and in what ``train.precision: auto`` picks on this machine.
 
-Both are timed the same way: images over wall time of ``steps`` whole steps (data, forward,
-backward, both optimizer steps) after ``warmup`` untimed ones, with the device synchronised.
-FLOP per image is counted by torch's FlopCounterMode, and the matmul peak is measured in the
-same process, so the fraction of peak is like for like.
+The ceiling is the conv stack alone (forward + backward of the ConvLayers on resident random
+images, no data, head, loss or optimizer) in each precision: on these nets it does ~97% of the
+FLOP, so no training step can beat it, and it is the peak that matters here, not a matmul's.
+
+Everything is timed the same way: images over wall time of ``steps`` whole steps after
+``warmup`` untimed ones, with the device synchronised. FLOP per image is counted by torch's
+FlopCounterMode. From the measured rates, bench estimates the seconds of a full epoch and the
+wall time of `make reproduce` for each profile on this machine.
 """
 
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from centerexp.config import Config, ModelConfig
-from centerexp.data import data_root, load_mnist, prepare_mnist
+from centerexp.config import Config, ModelConfig, load_config
+from centerexp.data import Split, data_root, load_mnist, prepare_mnist
 from centerexp.losses import CenterLoss
 from centerexp.models import build_model
+from centerexp.runtime import Runtime, resolve_device
+from centerexp.train import build_parts, evaluate, train_one_epoch
+
+BATCH = 256
+PRECISIONS = ("fp32", "bf16")
+REPRODUCE_SEEDS = {"quick": 3, "full": 5}  # the default --seeds of each profile
 
 
 def sync(device: torch.device) -> None:
@@ -29,23 +38,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
-    """Best-of GFLOP/s of an n x n x n matmul."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+def timed_rate(step, images_per_step: int, steps: int, warmup: int, device: torch.device) -> float:
+    """Images/s of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return images_per_step * steps / (time.perf_counter() - start)
 
 
 def flop_per_image(arch: str, device: torch.device, batch: int = 8) -> float:
-    """Forward + backward FLOP per image, counted by torch (convolutions and matmuls)."""
+    """Forward + backward FLOP per training image, counted by torch (convolutions and matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_model(ModelConfig(arch=arch)).to(device)
@@ -56,24 +62,22 @@ def flop_per_image(arch: str, device: torch.device, batch: int = 8) -> float:
     return counter.get_total_flops() / batch
 
 
-def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int, root: Path) -> float:
+def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int) -> float:
     """Images/s of the seed's recipe: DataLoader + ToTensor, fp32, default memory format."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
     torch.manual_seed(0)
+    root = prepare_mnist(data_root(Config().data))
     dataset = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
-    loader = DataLoader(dataset, batch_size=256, shuffle=True)
+    batches = iter(DataLoader(dataset, batch_size=BATCH, shuffle=True))
     model = build_model(ModelConfig(arch=arch)).to(device)
     center_loss = CenterLoss(10, 2).to(device)
     net_opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     center_opt = torch.optim.SGD(center_loss.parameters(), lr=0.5)
     model.train()
-    batches = iter(loader)
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
+
+    def step() -> None:
         x, y = next(batches)  # loading is part of the recipe's cost, so it is inside the timing
         x, y = x.to(device), y.to(device)
         features, logits = model(x)
@@ -83,99 +87,119 @@ def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int, ro
         loss.backward()
         net_opt.step()
         center_opt.step()
-    sync(device)
-    return 256 * steps / (time.perf_counter() - start)
+
+    return timed_rate(step, BATCH, steps, warmup, device)
 
 
-def centerexp_epoch(arch: str, device: torch.device, precision: str):
-    """centerexp's own training step on ``arch``: returns (run, precision used), where run(steps)
-    is one train_one_epoch pass over the first ``steps`` x 256 resident training images."""
-    from centerexp.data import Split
-    from centerexp.train import StopFlag, build_parts, resolve_precision, train_one_epoch, uses_channels_last
-
+def centerexp_setup(arch: str, precision: str, device_name: str):
+    """(config, runtime, parts, train split, test split) as a run of ``arch`` would have them."""
     cfg = Config()
-    cfg.model.arch = arch
-    used = resolve_precision(precision, device)
+    cfg.model.arch, cfg.train.precision, cfg.train.device = arch, precision, device_name
+    rt = Runtime.from_config(cfg)
     torch.manual_seed(0)
-    parts = build_parts(cfg, device)
-    train_split, _ = load_mnist(cfg.data, 0, device)
-    args = (cfg, device, used, uses_channels_last(cfg), 1, StopFlag(), False)
-
-    def run(steps: int) -> None:
-        n = 256 * steps
-        train_one_epoch(parts, Split(train_split.images[:n], train_split.labels[:n]), *args)
-
-    return run, used
+    parts = build_parts(cfg, rt.device, rt.channels_last)
+    train_split, test_split = load_mnist(cfg.data, 0, rt.device)
+    return cfg, rt, parts, train_split, test_split
 
 
-def centerexp_rate(arch: str, device: torch.device, steps: int, warmup: int, precision: str) -> tuple[float, str]:
-    """Images/s of centerexp's own training step over ``steps`` batches of 256, after ``warmup``."""
-    run, used = centerexp_epoch(arch, device, precision)
-    run(warmup)
-    sync(device)
-    t = time.perf_counter()
-    run(steps)
-    sync(device)
-    return 256 * steps / (time.perf_counter() - t), used
+def centerexp_rates(arch: str, precision: str, device_name: str, steps: int, warmup: int) -> dict:
+    """Training and evaluation images/s of centerexp's own code, and the precision it ran in."""
+    cfg, rt, parts, train_split, test_split = centerexp_setup(arch, precision, device_name)
+    offset = [0]
+
+    def train_step() -> None:  # one train_one_epoch pass over the next 256 resident images
+        s = offset[0] * BATCH % (len(train_split) - BATCH)
+        offset[0] += 1
+        train_one_epoch(parts, Split(train_split.images[s : s + BATCH], train_split.labels[s : s + BATCH]), cfg, rt, 1)
+
+    eval_images = min(len(test_split), cfg.train.eval_batch_size)
+    part = Split(test_split.images[:eval_images], test_split.labels[:eval_images])
+    return {
+        "precision": rt.precision,
+        "choice": rt.precision_choice,
+        "train": timed_rate(train_step, BATCH, steps, warmup, rt.device),
+        "eval": timed_rate(lambda: evaluate(parts, part, cfg, rt), eval_images, 1, 1, rt.device),
+    }
 
 
-def profile_step(arch: str, device: torch.device, precision: str, steps: int = 3, rows: int = 15) -> str:
-    """torch.profiler table of centerexp's training step: where the time goes."""
-    from torch.profiler import ProfilerActivity, profile
+def conv_stack_ceiling(arch: str, precision: str, device: torch.device, steps: int, warmup: int) -> float | None:
+    """Images/s of forward + backward through the conv stack alone (None for a net without one)."""
+    model = build_model(ModelConfig(arch=arch)).to(device)
+    if not hasattr(model, "hidden_layer"):
+        return None
+    stack = model.hidden_layer.to(memory_format=torch.channels_last)
+    x = torch.rand(BATCH, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
 
-    run, _ = centerexp_epoch(arch, device, precision)
-    run(steps)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        run(steps)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = stack(x)
+        out.float().sum().backward()
+
+    return timed_rate(step, BATCH, steps, warmup, device)
+
+
+def reproduce_estimate(profile: str, rates: dict) -> float:
+    """Seconds `make reproduce PROFILE=profile` would take with ``rates[arch][precision]``
+    ({"train": img/s, "eval": img/s}), measured at batch 256."""
+    from centerexp.reproduce import CONFIGS, PROFILES, config_dir
+
+    total = 0.0
+    for stem in CONFIGS:
+        cfg = load_config(config_dir() / f"{stem}.yaml", PROFILES[profile])
+        precision = cfg.train.precision if cfg.train.precision != "auto" else rates["auto_precision"]
+        r = rates[cfg.model.arch][precision]
+        n_train, n_test = cfg.data.train_subset or 60_000, cfg.data.test_subset or 10_000
+        total += cfg.train.epochs * (n_train / r["train"] + n_test / r["eval"])
+    return total * REPRODUCE_SEEDS[profile]
 
 
 def run_bench(
     archs=("deep", "shallow"),
-    steps: int = 8,
-    warmup: int = 2,
-    precision: str = "auto",
+    steps: int = 6,
+    warmup: int = 1,
     device_name: str = "auto",
     profile: bool = False,
     echo=print,
     as_json: bool = False,
 ) -> dict:
     from centerexp.runs import env_info
-    from centerexp.train import resolve_device, resolve_precision
 
     device = resolve_device(device_name)
-    root = prepare_mnist(data_root(Config().data))
-    used = resolve_precision(precision, device)
-    peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
-    result = {
-        "env": env_info(device, used, True),
-        "matmul_peak_gflops": peaks,
-        "steps": steps,
-        "batch_size": 256,
-        "models": {},
-    }
+    result = {"steps": steps, "warmup": warmup, "batch_size": BATCH, "models": {}}
+    rates = {}
     for arch in archs:
         flop = flop_per_image(arch, device)
-        plain = plain_loop_rate(arch, device, steps, warmup, root)
-        ours, prec = centerexp_rate(arch, device, steps, warmup, precision)
-        result["models"][arch] = {
+        plain = plain_loop_rate(arch, device, steps, warmup)
+        ours = {p: centerexp_rates(arch, p, device_name, steps, warmup) for p in PRECISIONS}
+        auto = centerexp_setup(arch, "auto", device_name)[1]  # measured (or cached) choice, no extra timing
+        ceiling = {p: conv_stack_ceiling(arch, p, device, steps, warmup) for p in PRECISIONS}
+        rates[arch] = {p: {"train": ours[p]["train"], "eval": ours[p]["eval"]} for p in PRECISIONS}
+        rates["auto_precision"] = auto.precision
+        result["env"] = env_info(auto)
+        m = {
             "gflop_per_image": flop / 1e9,
-            "plain_images_per_s": plain,
-            "centerexp_images_per_s": ours,
-            "speedup": ours / plain,
-            "centerexp_precision": prec,
-            "plain_gflops": plain * flop / 1e9,
-            "centerexp_gflops": ours * flop / 1e9,
-            "plain_fraction_of_fp32_peak": plain * flop / 1e9 / peaks["fp32"],
-            "centerexp_fraction_of_peak": ours * flop / 1e9 / peaks[prec],
-            "seconds_per_60k_epoch_train": 60000 / ours,
+            "plain_fp32_images_per_s": plain,
+            "auto_precision": auto.precision,
+            "auto_choice": auto.precision_choice,
         }
+        for p in PRECISIONS:
+            train_rate = ours[p]["train"]
+            m[f"centerexp_{p}_images_per_s"] = train_rate
+            m[f"centerexp_{p}_vs_plain"] = train_rate / plain
+            m[f"centerexp_{p}_gflops"] = train_rate * flop / 1e9
+            m[f"ceiling_{p}_images_per_s"] = ceiling[p]
+            m[f"centerexp_{p}_fraction_of_ceiling"] = train_rate / ceiling[p] if ceiling[p] else None
+            m[f"eval_{p}_images_per_s"] = ours[p]["eval"]
+            m[f"seconds_per_epoch_{p}"] = 60_000 / train_rate + 10_000 / ours[p]["eval"]
+        m["centerexp_auto_images_per_s"] = m[f"centerexp_{auto.precision}_images_per_s"]
+        m["centerexp_auto_vs_plain"] = m[f"centerexp_{auto.precision}_vs_plain"]
+        result["models"][arch] = m
+    if all(a in rates for a in ("deep", "shallow")):
+        result["reproduce_estimate_seconds"] = {p: reproduce_estimate(p, rates) for p in REPRODUCE_SEEDS}
     if profile:
-        result["profile"] = profile_step(archs[0], device, precision)
+        result["profile"] = profile_step(archs[0], device_name)
     if as_json:
-        echo(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))
+        echo(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2, default=str))
     else:
         echo(format_bench(result))
         if profile:
@@ -183,21 +207,65 @@ def run_bench(
     return result
 
 
+def profile_step(arch: str, device_name: str, steps: int = 2, rows: int = 15) -> str:
+    """torch.profiler table of centerexp's training step in the auto precision: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg, rt, parts, train_split, _ = centerexp_setup(arch, "auto", device_name)
+    part = Split(train_split.images[: BATCH * steps], train_split.labels[: BATCH * steps])
+    train_one_epoch(parts, part, cfg, rt, 1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if rt.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_one_epoch(parts, part, cfg, rt, 1)
+    key = "self_cuda_time_total" if rt.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def _pct(x: float | None) -> str:
+    return f"{100 * x:.0f}%" if x is not None else "—"
+
+
+def _rate(x: float | None) -> str:
+    return f"{x:.1f}" if x is not None else "—"
+
+
 def format_bench(r: dict) -> str:
-    env, peaks = r["env"], r["matmul_peak_gflops"]
+    env = r["env"]
     lines = [
         f"device: {env['device_name']} ({env['device']}), {env['threads']} threads, torch {env['torch']}",
-        f"matmul peak (2048^3, measured now): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
-        f"timed: {r['steps']} steps of batch {r['batch_size']} after warm-up",
+        f"timed: {r['steps']} steps of batch {r['batch_size']} after {r['warmup']} warm-up, all in this sitting",
         "",
-        f"{'model':8} {'GFLOP/img':>9} {'plain img/s':>12} {'centerexp img/s':>16} {'speedup':>8} {'precision':>9} "
-        f"{'plain GFLOP/s':>14} {'ours GFLOP/s':>13} {'ours % of peak':>15} {'s/epoch (60k)':>14}",
+        f"{'model':8} {'loop':18} {'img/s':>8} {'vs plain':>9} {'GFLOP/s':>8} {'ceiling img/s':>14} "
+        f"{'% of ceiling':>13} {'s/epoch':>8}",
     ]
     for arch, m in r["models"].items():
+        choice = m["auto_choice"]
+        speedup = choice.get("bf16_speedup")
+        why = f" (measured bf16/fp32 step {speedup:.2f}x)" if speedup else f" ({choice.get('mode', '')})"
         lines.append(
-            f"{arch:8} {m['gflop_per_image']:9.2f} {m['plain_images_per_s']:12.1f} "
-            f"{m['centerexp_images_per_s']:16.1f} {m['speedup']:7.2f}x {m['centerexp_precision']:>9} "
-            f"{m['plain_gflops']:14.0f} {m['centerexp_gflops']:13.0f} "
-            f"{100 * m['centerexp_fraction_of_peak']:14.0f}% {m['seconds_per_60k_epoch_train']:14.0f}"
+            f"{arch:8} {'plain (seed) fp32':18} {m['plain_fp32_images_per_s']:8.1f} {'1.00x':>9} "
+            f"{m['plain_fp32_images_per_s'] * m['gflop_per_image']:8.0f}"
+        )
+        for p in PRECISIONS:
+            mark = " <- auto" if p == m["auto_precision"] else ""
+            lines.append(
+                f"{'':8} {'centerexp ' + p:18} {m[f'centerexp_{p}_images_per_s']:8.1f} "
+                f"{m[f'centerexp_{p}_vs_plain']:8.2f}x {m[f'centerexp_{p}_gflops']:8.0f} "
+                f"{_rate(m[f'ceiling_{p}_images_per_s']):>14} {_pct(m[f'centerexp_{p}_fraction_of_ceiling']):>13} "
+                f"{m[f'seconds_per_epoch_{p}']:8.0f}{mark}"
+            )
+        lines.append(f"{'':8} auto picks {m['auto_precision']}{why}; {m['gflop_per_image']:.2f} GFLOP per image")
+    lines.append("s/epoch: 60,000 training + 10,000 test images at the measured rates.")
+    est = r.get("reproduce_estimate_seconds")
+    if est:
+        lines.append(
+            "estimated `make reproduce` on this machine: "
+            + ", ".join(f"PROFILE={p} ({REPRODUCE_SEEDS[p]} seeds) {_duration(s)}" for p, s in est.items())
         )
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

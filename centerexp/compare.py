@@ -1,12 +1,16 @@
-"""Compare finished runs: a table (grouped over seeds), overlaid curves, feature grids, a report.
+"""Compare runs: a table grouped over seeds, overlaid curves, a feature grid, report.md.
 
-Runs whose resolved configs differ only in ``train.seed`` form a group and are summarised as
-mean +- std over seeds. Unfinished or failed runs are listed on their own rows, marked, and never
-averaged with finished ones.
+Runs whose configs (read through the config loader, so a key added later with a default does not
+split groups) differ only in ``train.seed`` form a group. Completed runs of a group are summarised
+as mean ± sample std over seeds; failed and unfinished runs are shown on rows of their own, right
+after their group, and never averaged. Values a run lacks (an older or newer run format) show as
+"—". When the runs hold the V1.0 / V1.1 / V1.2 triple, the claims of ``centerexp.claims`` are
+judged and written to claims.json as well.
 """
 
 import csv
 import io
+import json
 import math
 import re
 import statistics
@@ -14,23 +18,29 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from centerexp.config import flatten
+from centerexp import claims
+from centerexp.config import flatten, read_run_config
 from centerexp.errors import CenterexpError
 from centerexp.runs import atomic_write_text, is_run_dir, metrics_columns, read_json
+from centerexp.schema import BY_NAME, MISSING
 
 DEFAULT_THRESHOLDS = (0.98, 0.99)
 GROUP_KEY_IGNORED = {"train.seed"}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 @dataclass
 class Run:
     path: Path
     name: str
-    config: dict  # flattened: "train.epochs" -> 30
+    config: dict  # flattened, every key resolved: "train.epochs" -> 30
     summary: dict
-    metrics: dict  # column -> list of floats, one per finished epoch
+    metrics: dict  # column -> list of floats, one per finished epoch (columns the run lacks: absent)
+    dropped_keys: list[str] = field(default_factory=list)  # config keys this version does not know
+    figures: dict = field(default_factory=dict)  # run_figures(...)
 
     @property
     def status(self) -> str:
@@ -39,6 +49,35 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.status == "completed"
+
+    @property
+    def rows(self) -> int:
+        return max((len(v) for v in self.metrics.values()), default=0)
+
+    def column(self, name: str) -> list[float]:
+        """A metrics column, NaN for every row when the run's format lacks it."""
+        values = self.metrics.get(name)
+        return list(values) if values is not None and len(values) == self.rows else [math.nan] * self.rows
+
+    @property
+    def steps(self) -> list[float]:
+        """Cumulative optimizer steps at each row: the ``step`` column, or derived from the config."""
+        epochs = self.column("epoch")
+        epochs = [e if _finite(e) else i + 1 for i, e in enumerate(epochs)]
+        derived = claims.steps_from_config(
+            epochs, self.config.get("data.train_subset"), self.config.get("train.batch_size", 256)
+        )
+        return [s if _finite(s) else d for s, d in zip(self.column("step"), derived)]
+
+    @property
+    def outcome(self) -> str:
+        """completed | failed (stopped with an error, or non-finite values) | unfinished (running, interrupted)."""
+        if self.status == "failed":
+            return "failed"
+        if self.finished:
+            present = [v for c in ("test_acc", "train_loss") if c in self.metrics for v in self.metrics[c]]
+            return "completed" if all(map(_finite, present)) else "failed"
+        return "unfinished"
 
 
 def load_runs(paths: list[Path], warn=None) -> list[Run]:
@@ -50,92 +89,110 @@ def load_runs(paths: list[Path], warn=None) -> list[Run]:
             continue
         seen.add(path.resolve())
         if not is_run_dir(path):
-            warn(f"skipping {path}: not a run folder (no config.yaml and summary.json)")
+            if not (path.is_file() and path.name in COMPARE_OUTPUTS):  # DIR/* after a compare into DIR
+                warn(f"skipping {path}: not a run folder (no config.yaml and summary.json)")
             continue
         try:
-            config = flatten(yaml.safe_load((path / "config.yaml").read_text()))
+            cfg, dropped = read_run_config(path / "config.yaml")
             summary = read_json(path / "summary.json")
             metrics = metrics_columns(path / "metrics.csv") if (path / "metrics.csv").exists() else {}
-        except (OSError, ValueError, yaml.YAMLError, KeyError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, AttributeError, CenterexpError) as e:
             warn(f"skipping {path}: unreadable run files ({e})")
             continue
-        runs.append(Run(path, path.name, config, summary, metrics))
+        runs.append(Run(path, path.name, flatten(cfg.to_dict()), summary, metrics, dropped))
     return runs
 
 
 # --- per-run figures -----------------------------------------------------------------------
 
 
-def first_epoch_reaching(run: Run, threshold: float) -> tuple[int, float] | None:
-    """(epoch, wall seconds) at which test accuracy first reached ``threshold``; None if never."""
-    for epoch, acc, wall in zip(
-        run.metrics.get("epoch", []), run.metrics.get("test_acc", []), run.metrics.get("wall_seconds", [])
-    ):
-        if acc >= threshold:
-            return int(epoch), wall
-    return None
+def _last(values: list[float]) -> float:
+    return values[-1] if values else math.nan
 
 
 def run_figures(run: Run, thresholds) -> dict:
-    m = run.metrics
-    if not m.get("epoch"):
-        return {"epochs_done": 0}
-    accs = m["test_acc"]
+    """The numbers the table and the claims use, from one run's metrics (NaN where it lacks a column)."""
+    steps, acc = run.steps, run.column("test_acc")
+    if not steps:
+        return {"epochs_done": 0, "steps_done": math.nan}
+    wall, test_ce, compactness = run.column("wall_seconds"), run.column("test_ce"), run.column("compactness")
+    seconds = [v for v in run.column("epoch_seconds") if _finite(v)]
     figures = {
-        "epochs_done": len(accs),
-        "final_acc": accs[-1],
-        "best_acc": max(accs),
-        "acc_auc": sum(accs) / len(accs),  # mean test accuracy over epochs = normalised area under the curve
-        "final_center": m["train_center"][-1],
-        "intra_dist": m["intra_dist"][-1],
-        "center_dist": m["center_dist"][-1],
-        "compactness": m["compactness"][-1],
-        "sec_per_epoch": statistics.fmean(m["epoch_seconds"]),
-        "wall_seconds": m["wall_seconds"][-1],
+        "epochs_done": len(steps),
+        "steps_done": steps[-1],
+        claims.PRIMARY: claims.accuracy_auc(steps, acc),
+        "final_test_acc": acc[-1],
+        "best_test_acc": max((a for a in acc if _finite(a)), default=math.nan),
+        "final_test_ce": test_ce[-1],
+        "intra_dist": _last(run.column("intra_dist")),
+        "center_dist": _last(run.column("center_dist")),
+        "compactness": compactness[-1],
+        "sec_per_epoch": statistics.fmean(seconds) if seconds else math.nan,
+        "wall_seconds": wall[-1],
     }
     for t in thresholds:
-        hit = first_epoch_reaching(run, t)
-        figures[f"epoch_to_{t:g}"] = hit[0] if hit else None
-        figures[f"seconds_to_{t:g}"] = hit[1] if hit else None
+        step = claims.first_step_reaching(steps, acc, t)
+        figures[f"steps_to_{t:g}"] = step
+        figures[f"seconds_to_{t:g}"] = wall[steps.index(step)] if step is not None else None
+    for f in claims.FRACTIONS:
+        figures[f"test_ce_at_{f:g}"] = claims.value_at_fraction(steps, test_ce, f)
+        figures[f"compactness_at_{f:g}"] = claims.value_at_fraction(steps, compactness, f)
     return figures
 
 
 # --- grouping ------------------------------------------------------------------------------
 
 
+def _config_key(run: Run) -> dict:
+    return {k: v for k, v in run.config.items() if k not in GROUP_KEY_IGNORED}
+
+
 @dataclass
 class Group:
+    """Every run with one config (apart from the seed); only the completed ones are summarised."""
+
+    config: dict
     runs: list[Run]
-    figures: list[dict] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.outcome == "completed"]
+
+    @property
+    def others(self) -> list[Run]:
+        return [r for r in self.runs if r.outcome != "completed"]
+
+    @property
+    def failed(self) -> list[Run]:
+        return [r for r in self.runs if r.outcome == "failed"]
 
     @property
     def label(self) -> str:
-        names = [r.name for r in self.runs]
+        names = [r.name for r in (self.completed or self.runs)]
         if len(names) == 1:
-            return names[0] + ("" if self.runs[0].finished else f" [{self.runs[0].status}]")
+            return names[0]
         stems = {re.sub(r"[-_]?s(eed)?\d+$", "", n) for n in names}
         return stems.pop() if len(stems) == 1 else f"{names[0]} (+{len(names) - 1})"
 
     @property
     def n(self) -> int:
-        return len(self.runs)
+        return len(self.completed)
 
     def values(self, key: str) -> list:
-        return [f.get(key) for f in self.figures]
+        return [r.figures.get(key) for r in self.completed]
 
-    def mean_std(self, key: str) -> tuple[float, float] | None:
-        vals = self.values(key)
-        if not vals or any(v is None for v in vals):
+    def mean_curve(self, column: str) -> tuple[list[float], list[float], list[float], list[float]] | None:
+        """(steps, mean, min, max) of ``column`` over the completed runs, on the steps all of them
+        cover; None when a run lacks the column."""
+        runs = self.completed
+        if not runs:
             return None
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-    def mean_curve(self, column: str) -> tuple[list[float], list[float], list[float], list[float]]:
-        """Epochs covered by every run, mean, min and max of ``column`` over the group's runs."""
-        n = min(len(r.metrics.get(column, [])) for r in self.runs)
-        cols = [r.metrics[column][:n] for r in self.runs]
-        epochs = self.runs[0].metrics["epoch"][:n]
+        n = min(r.rows for r in runs)
+        cols = [r.column(column)[:n] for r in runs]
+        if not n or not all(_finite(v) for col in cols for v in col):
+            return None
         return (
-            epochs,
+            runs[0].steps[:n],
             [statistics.fmean(v) for v in zip(*cols)],
             [min(v) for v in zip(*cols)],
             [max(v) for v in zip(*cols)],
@@ -143,17 +200,17 @@ class Group:
 
 
 def group_runs(runs: list[Run], thresholds) -> list[Group]:
-    """Finished runs with the same config apart from the seed share a group; others stand alone."""
-    groups: dict[tuple, Group] = {}
-    for i, run in enumerate(runs):
-        if run.finished:
-            key = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in GROUP_KEY_IGNORED))
+    """Runs with the same config apart from the seed share a group, whatever their status."""
+    groups: list[Group] = []
+    for run in runs:
+        run.figures = run_figures(run, thresholds)
+        key = _config_key(run)
+        group = next((g for g in groups if g.config == key), None)
+        if group is None:
+            groups.append(Group(key, [run]))
         else:
-            key = ("unfinished", i)
-        groups.setdefault(key, Group([])).runs.append(run)
-    for g in groups.values():
-        g.figures = [run_figures(r, thresholds) for r in g.runs]
-    return list(groups.values())
+            group.runs.append(run)
+    return groups
 
 
 def differing_keys(runs: list[Run], all_keys: bool = False) -> list[str]:
@@ -166,46 +223,61 @@ def differing_keys(runs: list[Run], all_keys: bool = False) -> list[str]:
 # --- the table -----------------------------------------------------------------------------
 
 
-def _fmt(ms: tuple[float, float] | None, n: int, digits: int = 4, pct: bool = False) -> str:
-    if ms is None:
-        return "-"
-    mean, std = ms
-    scale = 100 if pct else 1
-    if n == 1:
-        return f"{mean * scale:.{digits}g}" if not pct else f"{mean * scale:.2f}"
-    return f"{mean * scale:.{digits}g} ± {std * scale:.2g}" if not pct else f"{mean * scale:.2f} ± {std * scale:.2f}"
+def _digits(column: str, default: int = 4) -> int:
+    return BY_NAME[column].digits if column in BY_NAME else default
 
 
-def _threshold_cell(group: Group, key: str, digits: int = 3) -> str:
-    vals = group.values(key)
-    reached = [v for v in vals if v is not None]
-    if not reached:
-        return "never"
-    if len(reached) < len(vals):
-        return f"{statistics.fmean(reached):.{digits}g} ({len(reached)}/{len(vals)} reached)"
-    return _fmt(group.mean_std(key), group.n, digits)
+def _threshold_cells(runs: list[Run], t: float) -> list[str]:
+    """Steps and seconds to ``t``: medians where never reaching counts as later than any run that did."""
+    steps = [r.figures.get(f"steps_to_{t:g}") for r in runs]
+    seconds = [r.figures.get(f"seconds_to_{t:g}") for r in runs]
+    step_end = max((r.figures.get("steps_done", math.nan) for r in runs), default=math.nan)
+    # seconds: runs end at different times, so "> the earliest end of a run that never got there"
+    censored_ends = [r.figures.get("wall_seconds") for r, s in zip(runs, seconds) if s is None]
+    second_end = min((e for e in censored_ends if _finite(e)), default=math.nan)
+    return [claims.censored_cell(steps, step_end, 6), claims.censored_cell(seconds, second_end, 4)]
+
+
+def _row_values(runs: list[Run], thresholds) -> list[str]:
+    def vals(key: str) -> list:
+        return [r.figures.get(key, math.nan) for r in runs]
+
+    row = [
+        claims.summary_cell(vals("steps_done"), _digits("step")),
+        claims.summary_cell(vals(claims.PRIMARY), 4),
+        claims.summary_cell(vals("final_test_acc"), pct=True),
+        claims.summary_cell(vals("best_test_acc"), pct=True),
+        claims.summary_cell(vals("final_test_ce"), _digits("test_ce")),
+    ]
+    for t in thresholds:
+        row += _threshold_cells(runs, t)
+    for key in ("intra_dist", "center_dist", "compactness"):
+        row.append(claims.summary_cell(vals(key), _digits(key)))
+    row.append(claims.summary_cell(vals("sec_per_epoch"), _digits("epoch_seconds")))
+    return row
 
 
 def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "n", "status", *keys, "final acc %", "best acc %"]
+    header = ["run", "n", "status", *keys, "steps", "acc AUC", "final test acc %", "best test acc %", "final test CE"]
     for t in thresholds:
-        header += [f"epoch to {t:g}", f"s to {t:g}"]
-    header += ["final center loss", "intra dist", "center dist", "intra/center", "s/epoch"]
+        header += [f"steps to {t:g}", f"s to {t:g}"]
+    header += ["intra dist", "center dist", "intra/center", "s/epoch"]
     rows = []
     for g in groups:
-        first = g.runs[0]
-        status = first.status
-        if not first.finished:
-            status = f"{first.status} ({g.figures[0].get('epochs_done', 0)}/{first.config.get('train.epochs')} epochs)"
-        row = [g.label, str(g.n), status, *[str(first.config.get(k)) for k in keys]]
-        row += [_fmt(g.mean_std("final_acc"), g.n, pct=True), _fmt(g.mean_std("best_acc"), g.n, pct=True)]
-        for t in thresholds:
-            row += [_threshold_cell(g, f"epoch_to_{t:g}"), _threshold_cell(g, f"seconds_to_{t:g}", 4)]
-        row += [
-            _fmt(g.mean_std(k), g.n, 3)
-            for k in ("final_center", "intra_dist", "center_dist", "compactness", "sec_per_epoch")
-        ]
-        rows.append(row)
+        if g.completed:
+            first = g.completed[0]
+            rows.append(
+                [g.label, str(g.n), "completed", *[str(first.config.get(k)) for k in keys]]
+                + _row_values(g.completed, thresholds)
+            )
+        for run in g.others:
+            epochs = f"{run.figures.get('epochs_done', 0)}/{run.config.get('train.epochs')} epochs"
+            status = f"{run.status} ({epochs})" if run.status != "completed" else "completed, non-finite values"
+            rows.append(
+                [f"{run.name} [{'failed' if run.outcome == 'failed' else run.status}]", "1", status]
+                + [str(run.config.get(k)) for k in keys]
+                + _row_values([run], thresholds)
+            )
     return header, rows
 
 
@@ -223,158 +295,131 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-# --- differences and the seed's claims -------------------------------------------------------
-
-
-def difference(a: Group, b: Group, key: str) -> dict | None:
-    """Mean of a minus mean of b for ``key``, and whether it is within the seed-to-seed spread.
-
-    "Within spread" means |difference| <= std_a + std_b (the sum of the two groups' sample standard
-    deviations over seeds): a plain, conservative rule, stated in the report. With one seed per
-    group there is no spread to compare against, which the report says.
-    """
-    ma, mb = a.mean_std(key), b.mean_std(key)
-    if ma is None or mb is None:
-        return None
-    diff = ma[0] - mb[0]
-    spread = ma[1] + mb[1]
-    return {"diff": diff, "spread": spread, "within": abs(diff) <= spread, "single_seed": a.n < 2 or b.n < 2}
+# --- the V1 claims ----------------------------------------------------------------------------
 
 
 def find_v1_groups(groups: list[Group]) -> dict[str, Group] | None:
-    """V1.0 / V1.1 / V1.2 among the finished groups: a deep + squared group, the group whose config
-    differs from it only in loss.distance (sqrt), and the one differing from that only in model.arch
-    (shallow). Returns the first complete triple, or None."""
+    """V1.0 / V1.1 / V1.2 among the groups (see ``claims.find_v1``), or None."""
+    found = claims.find_v1([g.config for g in groups])
+    return {label: groups[i] for label, i in found.items()} if found else None
 
-    def config(g: Group) -> dict:
-        return {k: v for k, v in g.runs[0].config.items() if k not in GROUP_KEY_IGNORED}
 
-    finished = [g for g in groups if g.runs[0].finished]
-
-    def find(config_wanted: dict) -> Group | None:
-        return next((g for g in finished if config(g) == config_wanted), None)
-
-    for v10 in finished:
-        base = config(v10)
-        if (base.get("model.arch"), base.get("loss.distance")) != ("deep", "squared"):
+def arm(label: str, group: Group, warn) -> claims.Arm:
+    """A V1 group as the claims see it: per seed, the primary metric (NaN: failed, None: unfinished)."""
+    result = claims.Arm(label, {})
+    for run in group.runs:
+        seed = run.config.get("train.seed")
+        if seed in result.values:
+            warn(f"{label}: {run.name} repeats seed {seed} of {result.names[seed]}; only the first is used")
             continue
-        v11 = find({**base, "loss.distance": "sqrt"})
-        v12 = find({**base, "loss.distance": "sqrt", "model.arch": "shallow"})
-        if v11 and v12:
-            return {"V1.0": v10, "V1.1": v11, "V1.2": v12}
-    return None
+        result.names[seed] = run.name
+        if run.outcome == "failed":
+            result.values[seed] = math.nan
+            result.failures[seed] = run.summary.get("error") or "non-finite values"
+        elif run.outcome == "completed":
+            value = run.figures.get(claims.PRIMARY)
+            result.values[seed] = value if _finite(value) else None
+            result.figures[seed] = run.figures
+        else:
+            result.values[seed] = None
+    return result
 
 
-def acc_at_epochs(g: Group) -> dict[int, tuple[float, float]]:
-    n = min(len(r.metrics["test_acc"]) for r in g.runs)
-    out = {}
-    for e in sorted({1, max(1, n // 2), n}):
-        vals = [r.metrics["test_acc"][e - 1] for r in g.runs]
-        out[e] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-    return out
+def judge_v1_groups(v1: dict[str, Group], warn) -> list[claims.ClaimResult]:
+    return claims.judge_v1({label: arm(label, g, warn) for label, g in v1.items()})
 
 
-def claim_verdict(fast: Group, slow: Group, thresholds) -> tuple[str, list[str]]:
-    """Does ``fast`` converge faster than ``slow``? Judged on the area under the test-accuracy curve."""
-    d = difference(fast, slow, "acc_auc")
-    lines = []
-    auc_f, auc_s = fast.mean_std("acc_auc"), slow.mean_std("acc_auc")
-    lines.append(
-        f"mean test accuracy over epochs (area under the curve): {auc_f[0]:.4f} ± {auc_f[1]:.4f} vs "
-        f"{auc_s[0]:.4f} ± {auc_s[1]:.4f} (difference {d['diff']:+.4f}, seed spread {d['spread']:.4f})"
-    )
-    ea, eb = acc_at_epochs(fast), acc_at_epochs(slow)
-    for e in sorted(set(ea) & set(eb)):
-        lines.append(f"test accuracy at epoch {e}: {ea[e][0]:.4f} ± {ea[e][1]:.4f} vs {eb[e][0]:.4f} ± {eb[e][1]:.4f}")
-    for t in thresholds:
-        lines.append(
-            f"epochs to {t:g}: {_threshold_cell(fast, f'epoch_to_{t:g}')} vs {_threshold_cell(slow, f'epoch_to_{t:g}')}"
+# --- where the numbers come from -----------------------------------------------------------------
+
+
+def provenance(runs: list[Run]) -> list[str]:
+    """Machine, device, precision, software and commit of the runs, and their total training time."""
+    envs = []
+    for r in runs:
+        try:
+            env = read_json(r.path / "env.json")
+        except (OSError, ValueError):
+            continue
+        envs += [env, *env.get("resumes", [])]  # a resumed run may have continued elsewhere
+
+    def describe(env: dict) -> str:
+        git = env.get("git") or {}
+        commit = f"commit {str(git.get('commit'))[:10]}" + (" (dirty)" if git.get("dirty") else "")
+        device = f"{env.get('device_name')} ({env.get('device', '?')}, {env.get('threads')} threads)"
+        tf32 = (
+            " (cuDNN TF32 convolutions, PyTorch's default on CUDA)"
+            if str(env.get("device", "")).startswith("cuda") and env.get("precision") == "fp32"
+            else ""
         )
-    if d["single_seed"]:
-        direction = "supported" if d["diff"] > 0 else "not supported"
-        verdict = f"{direction} (one seed: no spread to judge against)"
-    elif d["within"]:
-        verdict = "inconclusive: the difference is within the seed-to-seed spread"
-    elif d["diff"] > 0:
-        verdict = "supported"
+        return f"{device}, precision {env.get('precision')}{tf32}, torch {env.get('torch')}, {commit}"
+
+    if envs:
+        lines = [f"Produced on: {'; '.join(sorted({describe(e) for e in envs}))}."]
     else:
-        verdict = "contradicted: the other run converges faster"
-    return verdict, lines
+        asked = sorted({f"{r.config.get('train.device')} / {r.config.get('train.precision')}" for r in runs})
+        lines = [f"Device and precision: not recorded (no env.json); the configs ask for {', '.join(asked)}."]
+    total = sum(r.column("wall_seconds")[-1] for r in runs if r.rows and _finite(r.column("wall_seconds")[-1]))
+    lines.append(f"Training wall time of all runs together: {total / 60:.1f} min.")
+    return [" ".join(lines)]
 
 
 # --- figures --------------------------------------------------------------------------------
 
 
+CURVE_FIGURES = (
+    ("accuracy.png", [("test_acc", "test accuracy", False)]),
+    ("cross_entropy.png", [("train_ce", "training cross-entropy", None), ("test_ce", "test cross-entropy", None)]),
+    ("compactness.png", [("compactness", "compactness: intra / center distance (lower = tighter)", None)]),
+)
+
+
+# what compare writes: skipped without a warning when a glob over a report's folder passes them
+COMPARE_OUTPUTS = {"report.md", "compare.csv", "claims.json", "features_grid.png", *(f for f, _ in CURVE_FIGURES)}
+
+
 def plot_curves(groups: list[Group], out: Path) -> list[str]:
-    from centerexp.plots import plt, save_figure, style_epoch_axes
+    """Group means against training step, with a min-max band over seeds (completed runs only)."""
+    from centerexp.plots import plot_step_curves
 
     written = []
-    specs = [
-        ("accuracy.png", [("test_acc", "test accuracy", False)]),
-        (
-            "losses.png",
-            [
-                ("train_loss", "training loss (total, log scale)", True),
-                ("train_center", "center loss (train, log scale)", True),
-            ],
-        ),
-    ]
-    for filename, panels in specs:
-        fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
-        for ax, (column, label, log) in zip(axes[0], panels):
-            for i, g in enumerate(groups):
-                if not all(r.metrics.get(column) for r in g.runs):
-                    continue
-                epochs, mean, lo, hi = g.mean_curve(column)
-                color = f"C{i % 10}"
-                name = f"{g.label} (n={g.n})" if g.n > 1 else g.label
-                ax.plot(epochs, mean, "o-", ms=3, color=color, label=name)
-                if g.n > 1:
-                    ax.fill_between(epochs, lo, hi, color=color, alpha=0.2)
-            ax.set(
-                xlabel="epoch",
-                ylabel=label,
-                title=label + (" (band: min-max over seeds)" if any(g.n > 1 for g in groups) else ""),
-            )
-            style_epoch_axes(ax, log)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        save_figure(fig, out / filename)
-        written.append(filename)
+    for filename, panels in CURVE_FIGURES:
+        series = []
+        for g in groups:
+            curves = {column: g.mean_curve(column) for column, _, _ in panels}
+            curves = {k: v for k, v in curves.items() if v is not None}
+            if curves:
+                series.append({"label": f"{g.label} (n={g.n})" if g.n > 1 else g.label, "n": g.n, "curves": curves})
+        if series and plot_step_curves(series, panels, out / filename):
+            written.append(filename)
     return written
 
 
 def plot_feature_grid(runs: list[Run], out: Path) -> str | None:
+    """The last epoch's test features of every run that kept them (features.pt)."""
     import torch
 
-    from centerexp.plots import add_digit_legend, plt, save_figure, scatter_features
+    from centerexp.plots import plot_feature_panels
 
-    with_features = [r for r in runs if (r.path / "features.pt").is_file()]
-    if not with_features:
-        return None
-    cols = min(3, len(with_features))
-    rows = math.ceil(len(with_features) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 5 * rows), squeeze=False)
-    for ax, run in zip(axes.flat, with_features):
+    panels = []
+    for run in runs:
+        if not (run.path / "features.pt").is_file():
+            continue
         data = torch.load(run.path / "features.pt", weights_only=True)
-        acc = run.metrics["test_acc"][-1] if run.metrics.get("test_acc") else float("nan")
-        scatter_features(
-            ax,
-            data["features"],
-            data["labels"],
-            data["centers"],
-            f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}",
-        )
-    for ax in list(axes.flat)[len(with_features) :]:
-        ax.axis("off")
-    add_digit_legend(fig)
-    fig.suptitle("final test features (2-D) with class centers")
-    fig.tight_layout(rect=(0, 0, 0.9, 0.97))
-    save_figure(fig, out / "features_grid.png")
+        acc = run.figures.get("final_test_acc", math.nan)
+        title = f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}"
+        panels.append((data["features"], data["labels"], data["centers"], title))
+    if not panels:
+        return None
+    plot_feature_panels(panels, out / "features_grid.png", "final test features (2-D) with class centers")
     return "features_grid.png"
 
 
 # --- the command ----------------------------------------------------------------------------
+
+
+def regenerate_command(paths: list[Path], thresholds) -> str:
+    flags = "".join(f" --threshold {t:g}" for t in thresholds)
+    return f"centerexp compare {' '.join(str(p) for p in paths)}{flags}"
 
 
 def compare(
@@ -386,36 +431,23 @@ def compare(
     echo=print,
     warn=None,
 ) -> dict:
-    """Build the table, figures and report for ``paths``; returns what it computed."""
+    """Build the table, figures and report for ``paths`` (and claims.json for the V1 triple)."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     runs = load_runs(paths, warn)
     if not runs:
         raise CenterexpError("compare: no run folders given (expected folders written by centerexp train)", exit_code=2)
     thresholds = tuple(sorted(thresholds))
     groups = group_runs(runs, thresholds)
-    keys = differing_keys(runs, all_keys)
-    header, rows = table_rows(groups, keys, thresholds)
+    header, rows = table_rows(groups, differing_keys(runs, all_keys), thresholds)
     table = markdown_table(header, rows)
     echo(table)
 
-    notes = spread_notes(groups)
-    for line in notes:
-        echo(line)
     v1 = find_v1_groups(groups)
-    claims = []
-    if v1:
-        claims = [
-            (
-                "1. squared center loss converges faster than sqrt (V1.0 vs V1.1)",
-                *claim_verdict(v1["V1.0"], v1["V1.1"], thresholds),
-            ),
-            (
-                "2. the deeper network converges faster (V1.1 vs V1.2)",
-                *claim_verdict(v1["V1.1"], v1["V1.2"], thresholds),
-            ),
-        ]
+    results = judge_v1_groups(v1, warn) if v1 else []
+    if results:
         echo("")
-        for title, verdict, _ in claims:
-            echo(f"claim {title}: {verdict}")
+        for cr in results:
+            echo(cr.summary_line())
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -427,55 +459,23 @@ def compare(
         echo(csv_body.rstrip("\n"))
     elif csv_path:
         atomic_write_text(Path(csv_path), csv_body)
+    claims_path = out / "claims.json"
+    if results:
+        atomic_write_text(claims_path, json.dumps([cr.to_json() for cr in results], indent=2) + "\n")
+    elif claims_path.exists():
+        claims_path.unlink()  # a stale one from an earlier comparison would answer for these runs
     figures = plot_curves(groups, out)
     grid = plot_feature_grid(runs, out)
     if grid:
         figures.append(grid)
-    atomic_write_text(out / "report.md", report_markdown(runs, table, notes, claims, figures, thresholds))
+    report = report_markdown(runs, table, v1, results, figures, thresholds, regenerate_command(paths, thresholds))
+    atomic_write_text(out / "report.md", report)
     echo(f"\nreport: {out / 'report.md'}")
-    return {"groups": groups, "header": header, "rows": rows, "claims": claims, "notes": notes}
+    return {"groups": groups, "header": header, "rows": rows, "claims": results, "v1": v1}
 
 
-def spread_notes(groups: list[Group]) -> list[str]:
-    """For each pair of multi-seed groups, say whether their final accuracies differ beyond the spread."""
-    notes = []
-    finished = [g for g in groups if g.runs[0].finished]
-    for i, a in enumerate(finished):
-        for b in finished[i + 1 :]:
-            d = difference(a, b, "final_acc")
-            if d is None or d["single_seed"]:
-                continue
-            verdict = "within their seed-to-seed spread" if d["within"] else "larger than their seed-to-seed spread"
-            notes.append(
-                f"{a.label} vs {b.label}: final test accuracy differs by {d['diff'] * 100:+.2f} points, "
-                f"{verdict} ({d['spread'] * 100:.2f} points)"
-            )
-    return notes
-
-
-def provenance(runs: list[Run]) -> list[str]:
-    """Where the numbers come from: machine, software, commit and total training time of the runs."""
-    envs = []
-    for r in runs:
-        try:
-            envs.append(read_json(r.path / "env.json"))
-        except (OSError, ValueError):
-            continue
-    if not envs:
-        return []
-
-    def describe(env: dict) -> str:
-        git = env.get("git") or {}
-        commit = f"commit {str(git.get('commit'))[:10]}" + (" (dirty)" if git.get("dirty") else "")
-        device = f"{env.get('device_name')} ({env.get('threads')} threads)"
-        return f"{device}, {env.get('precision')}, torch {env.get('torch')}, {commit}"
-
-    machines = sorted({describe(e) for e in envs})
-    total = sum(r.metrics["wall_seconds"][-1] for r in runs if r.metrics.get("wall_seconds"))
-    return [f"Produced on: {'; '.join(machines)}. Training wall time of all runs together: {total / 60:.1f} min."]
-
-
-def report_markdown(runs, table, notes, claims, figures, thresholds) -> str:
+def report_markdown(runs, table, v1, results, figures, thresholds, command) -> str:
+    dropped = sorted({k for r in runs for k in r.dropped_keys})
     parts = [
         "# centerexp comparison",
         "",
@@ -483,39 +483,35 @@ def report_markdown(runs, table, notes, claims, figures, thresholds) -> str:
         "",
         *provenance(runs),
         "",
-        "Rows group runs whose configs differ only in `train.seed` (mean ± sample std over seeds, n = seeds). "
-        f"'epoch to t' / 's to t': first epoch and wall-clock seconds at which test accuracy reached t "
-        f"(thresholds {', '.join(f'{t:g}' for t in thresholds)}). intra dist: mean distance of a test feature to "
-        "its class center; center dist: mean distance between centers; intra/center: their ratio (lower = "
-        "tighter, better separated clusters).",
+        f"Regenerate this report: `{command}`",
+        "",
+    ]
+    if dropped:
+        parts += [f"Config keys this version does not know were ignored: {', '.join(dropped)}.", ""]
+    parts += [
+        "Rows group completed runs whose configs differ only in `train.seed` (mean ± sample std over seeds, "
+        "n = completed seeds); failed and unfinished runs follow their group on rows of their own and are "
+        f"never averaged. {MISSING}: a value the run's format does not record. steps: optimizer steps trained. "
+        "acc AUC: the primary metric below. final test CE: test cross-entropy after the last epoch. "
+        "'steps to t' / 's to t': optimizer steps and training wall-clock seconds until test accuracy first "
+        "reached t, as a median where a run that never reached t counts as later than every run that did, "
+        "with how many reached it. intra dist: mean distance of a test feature to its class center; center "
+        "dist: mean distance between centers; intra/center: their ratio (lower = tighter, better separated "
+        "clusters). The center loss itself is not compared: squared and sqrt forms are in different units.",
         "",
         table,
         "",
+        *claims.definitions_markdown(thresholds),
     ]
-    if notes:
+    if results:
+        cfg = v1["V1.0"].config
+        batch = cfg.get("train.batch_size")
+        planned = claims.steps_from_config([cfg.get("train.epochs")], cfg.get("data.train_subset"), batch)[0]
         parts += [
-            "## Differences between groups",
+            "## The V1 experiments' claims",
             "",
-            "A difference is called within the seed-to-seed spread when it is no larger than the sum of the "
-            "two groups' standard deviations.",
-            "",
-            *[f"- {n}" for n in notes],
-            "",
+            *claims.coverage_markdown(planned, batch, cfg.get("loss.lamda"), cfg.get("data.train_subset")),
+            *claims.claims_markdown(results, thresholds),
         ]
-    if claims:
-        parts += [
-            "## The seed's claims",
-            "",
-            "Convergence speed is judged on the area under the test-accuracy curve (mean test accuracy over "
-            "the epochs run); a claim is supported when the difference exceeds the sum of the two groups' "
-            "seed standard deviations, inconclusive when it does not.",
-            "",
-            "| claim | verdict |",
-            "|---|---|",
-            *[f"| {t} | {v} |" for t, v, _ in claims],
-            "",
-        ]
-        for title, verdict, lines in claims:
-            parts += [f"### {title}", "", f"**{verdict}**", "", *[f"- {line}" for line in lines], ""]
     parts += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
     return "\n".join(parts)

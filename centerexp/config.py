@@ -36,6 +36,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    kind: str = "center"  # the auxiliary loss added to cross-entropy (losses.AUX_LOSSES)
     distance: str = "squared"  # squared: ||x - c||^2 (V1.0) | sqrt: ||x - c|| (V1.1, V1.2)
     lamda: float = 1.0  # center-loss weight, applied as lamda / 2 * mean(...)
     count_normalized: bool = True  # divide each sample's distance by its class count in the batch
@@ -56,7 +57,7 @@ class TrainConfig:
     lr_gamma: float = 0.8  # StepLR factor
     seed: int = 0  # seeds Python, NumPy, torch (model, centers) and the shuffle generator
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
-    precision: str = "auto"  # auto (bf16 where the hardware is fast at it) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 if a measured training step is >= 1.2x fp32) | fp32 | bf16
     channels_last: bool = True  # memory format for the conv nets; faster with oneDNN and cuDNN
     deterministic: bool = False  # torch.use_deterministic_algorithms and friends
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default (one per core)
@@ -83,6 +84,7 @@ class Config:
 CHOICES = {
     "data.subset_mode": ("first", "random"),
     "model.arch": ("deep", "shallow", "linear"),
+    "loss.kind": ("center",),
     "loss.distance": ("squared", "sqrt"),
     "loss.center_update": ("sgd", "ema"),
     "train.optimizer": ("sgd", "adam"),
@@ -200,6 +202,21 @@ def from_dict(raw: Any, source: str = "config") -> Config:
     return cfg
 
 
+MNIST_TRAIN_IMAGES = 60_000
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Where each training batch of an epoch over ``n`` images starts. A lone trailing image is
+    left out: BatchNorm cannot train on a batch of one."""
+    return [s for s in range(0, n, batch_size) if n - s > 1]
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps in one epoch of ``cfg`` (the same in every epoch)."""
+    n = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
+    return len(batch_starts(n, cfg.train.batch_size))
+
+
 def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
@@ -264,7 +281,12 @@ def dump_config(cfg: Config) -> str:
 
 
 def diff_configs(a: dict, b: dict) -> list[str]:
-    """Dotted keys whose values differ between two resolved config dicts."""
+    """Dotted keys whose values differ between two resolved config dicts.
+
+    Both are first completed with this version's defaults (and stripped of keys it does not
+    know), so a run written before a key with a default was added still matches its checkpoint.
+    """
+    a, b = normalize_config_dict(a), normalize_config_dict(b)
     keys = sorted({f"{s}.{k}" for d in (a, b) for s, body in d.items() for k in body})
     return [k for k in keys if flat_get(a, k) != flat_get(b, k)]
 
@@ -276,3 +298,35 @@ def flat_get(d: dict, dotted: str, default: Any = None) -> Any:
 
 def flatten(d: dict) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, body in d.items() for k, v in body.items()}
+
+
+def _known_part(raw: dict) -> tuple[dict, list[str]]:
+    """(the sections and keys of ``raw`` this version knows, the dotted keys it does not)."""
+    known = set(all_keys())
+    kept, dropped = {}, []
+    for section, body in raw.items():
+        for key, value in body.items() if isinstance(body, dict) else []:
+            if f"{section}.{key}" in known:
+                kept.setdefault(section, {})[key] = value
+            else:
+                dropped.append(f"{section}.{key}")
+    return kept, dropped
+
+
+def normalize_config_dict(raw: dict) -> dict:
+    """A resolved config dict as this version would write it: unknown keys dropped, defaults filled."""
+    return from_dict(_known_part(raw)[0]).to_dict()
+
+
+def read_run_config(path: str | Path) -> tuple[Config, list[str]]:
+    """A run folder's config.yaml, read leniently for comparing old and new runs.
+
+    Keys this version does not know (written by a newer or older version) are dropped and
+    returned, keys it lacks take their defaults, so runs that differ only by a key added later
+    still group together. Values are checked as strictly as in ``load_config``.
+    """
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+    kept, dropped = _known_part(raw)
+    return from_dict(kept, source=str(path)), dropped

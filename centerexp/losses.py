@@ -1,11 +1,37 @@
-"""Center loss (Wen et al., ECCV 2016) in the two forms the V1 experiments compare."""
+"""Auxiliary feature losses: center loss (Wen et al., ECCV 2016) in the two forms V1 compares.
+
+The trainer adds an *auxiliary loss* to cross-entropy and talks to it only through
+``AuxiliaryLoss``: the loss value, an optional update after each optimizer step, and optional
+centers (drawn in the feature plots and used for the compactness metrics). A new loss is a new
+subclass plus an entry in ``AUX_LOSSES`` and in ``config.CHOICES["loss.kind"]``.
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from centerexp.config import LossConfig
 
-class CenterLoss(nn.Module):
+HALF = (torch.bfloat16, torch.float16)
+
+
+class AuxiliaryLoss(nn.Module):
+    """A loss on the features, added to cross-entropy. Parameters with ``requires_grad`` get their
+    own SGD optimizer at ``loss.center_lr``; anything else it moves, it moves in ``after_step``."""
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Called after the optimizer steps with the batch's (detached) features."""
+
+    @property
+    def points(self) -> torch.Tensor | None:
+        """One point per class in feature space (the centers), or None if the loss has none."""
+        return None
+
+
+class CenterLoss(AuxiliaryLoss):
     """Pull each feature towards a learned center of its class.
 
     forward(features, labels) returns, with d_i = ||x_i - c_{y_i}||^2 (``distance="squared"``)
@@ -26,6 +52,8 @@ class CenterLoss(nn.Module):
         lamda: float = 1.0,
         count_normalized: bool = True,
         generator: torch.Generator | None = None,
+        update: str = "sgd",
+        alpha: float = 0.5,
     ):
         super().__init__()
         if distance not in ("squared", "sqrt"):
@@ -34,7 +62,18 @@ class CenterLoss(nn.Module):
         self.distance = distance
         self.lamda = lamda
         self.count_normalized = count_normalized
+        self.update, self.alpha = update, alpha
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim, generator=generator))
+        if update == "ema":
+            self.centers.requires_grad_(False)  # moved only by update_centers, after each step
+
+    @property
+    def points(self) -> torch.Tensor:
+        return self.centers
+
+    def after_step(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.update == "ema":
+            self.update_centers(features, labels, self.alpha)
 
     def _one_hot(self, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # Gathering and counting through a one-hot matrix keeps forward and backward deterministic
@@ -42,12 +81,14 @@ class CenterLoss(nn.Module):
         return F.one_hot(labels, self.num_classes).to(dtype)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(features.device.type, enabled=False):  # always fp32, also under bf16
-            return self._loss(features.float(), labels)
+        # In the centers' dtype (fp32, or fp64 for gradcheck); half-precision features are upcast.
+        dtype = torch.float32 if self.centers.dtype in HALF else self.centers.dtype
+        with torch.autocast(features.device.type, enabled=False):
+            return self._loss(features.to(dtype), labels)
 
     def _loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         one_hot = self._one_hot(labels, features.dtype)
-        diff = features - one_hot @ self.centers
+        diff = features - one_hot @ self.centers.to(features.dtype)
         dist = diff.pow(2).sum(dim=1)
         if self.distance == "sqrt":
             # sqrt has an infinite derivative at 0; take the square root only where it is positive
@@ -73,3 +114,17 @@ class CenterLoss(nn.Module):
             f"num_classes={self.num_classes}, distance={self.distance}, lamda={self.lamda}, "
             f"count_normalized={self.count_normalized}"
         )
+
+
+def center_loss(cfg: LossConfig, num_classes: int, feat_dim: int) -> CenterLoss:
+    return CenterLoss(
+        num_classes, feat_dim, cfg.distance, cfg.lamda, cfg.count_normalized, update=cfg.center_update, alpha=cfg.alpha
+    )
+
+
+# loss.kind -> builder(loss config, number of classes, feature size)
+AUX_LOSSES = {"center": center_loss}
+
+
+def build_aux_loss(cfg: LossConfig, num_classes: int, feat_dim: int) -> AuxiliaryLoss:
+    return AUX_LOSSES[cfg.kind](cfg, num_classes, feat_dim)

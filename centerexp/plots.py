@@ -103,6 +103,41 @@ def plot_features(panels: list[tuple], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
+def _sample(n: int, k: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded choice of k of n indices: the same images in every epoch's plot."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(k, n)]
+
+
+def write_epoch_plots(run_dir: Path, cfg, epoch: int, train_split, tr: dict, te: dict, centers) -> None:
+    """A run's per-epoch artefacts: loss curves so far, this epoch's feature scatter (a frame of the
+    GIF, copied to features.png), and features.pt (test features, labels, centers) for compare."""
+    from centerexp.runs import atomic_torch_save, metrics_columns
+
+    run_dir = Path(run_dir)
+    name = run_dir.name
+    plot_loss_curves(metrics_columns(run_dir / "metrics.csv"), run_dir / "plots" / "loss_curves.png", name)
+    # Training features arrive in shuffled order: find where the chosen images sit this epoch.
+    order = tr["order"].cpu()
+    position = torch.full((len(train_split),), -1, dtype=torch.long)
+    position[order] = torch.arange(len(order))
+    chosen = position[_sample(len(train_split), cfg.plot.max_points, cfg.train.seed)]
+    chosen = chosen[chosen >= 0]
+    train_f, train_y = tr["features"].cpu()[chosen], train_split.labels.cpu()[order[chosen]]
+    test_idx = _sample(len(te["labels"]), cfg.plot.max_points, cfg.train.seed)
+    test_f, test_y = te["features"].cpu()[test_idx], te["labels"].cpu()[test_idx]
+    centers = None if centers is None else centers.detach().float().cpu()
+    panels = [
+        (train_f, train_y, centers, f"train features (during epoch {epoch}, acc {tr['acc']:.3f})"),
+        (test_f, test_y, centers, f"test features (after epoch {epoch}, acc {te['acc']:.3f})"),
+    ]
+    frame = run_dir / "plots" / "features" / f"epoch_{epoch:03d}.png"
+    plot_features(panels, frame, f"{name}: epoch {epoch}")
+    atomic_write_bytes(run_dir / "plots" / "features.png", frame.read_bytes())
+    atomic_torch_save(
+        {"epoch": epoch, "features": test_f, "labels": test_y, "centers": centers}, run_dir / "features.pt"
+    )
+
+
 def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
     """Assemble PNG frames into an animated GIF (last frame held longer); False when no frames."""
     from PIL import Image
@@ -122,3 +157,59 @@ def feature_gif(run_dir: Path) -> Path | None:
     frames = sorted((Path(run_dir) / "plots" / "features").glob("epoch_*.png"))
     out = Path(run_dir) / "plots" / "features.gif"
     return out if make_gif(frames, out) else None
+
+
+# --- cross-run figures (compare) -------------------------------------------------------------
+
+
+def plot_step_curves(series: list[dict], panels: list[tuple], path: Path) -> bool:
+    """Overlaid group curves against training step, one panel per column; False if nothing to draw.
+
+    ``series``: {"label", "n", "curves": {column: (steps, mean, min, max)}}, one per group; the
+    band is min-max over seeds. ``panels``: (column, label, log) with log True, False or None
+    (None: log only when the values span more than a factor of 20).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
+    drawn = False
+    for ax, (column, label, log) in zip(axes[0], panels):
+        values = [v for s in series if column in s["curves"] for v in s["curves"][column][1]]
+        for i, s in enumerate(series):
+            if column not in s["curves"]:
+                continue
+            steps, mean, lo, hi = s["curves"][column]
+            color = f"C{i % 10}"
+            ax.plot(steps, mean, "o-", ms=3, color=color, label=s["label"])
+            if s["n"] > 1:
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
+            drawn = True
+        if log is None:
+            log = bool(values) and min(values) > 0 and max(values) / min(values) > 20
+        band = " (band: min-max over seeds)" if any(s["n"] > 1 for s in series) else ""
+        ax.set(xlabel="training step", ylabel=label, title=label + (", log scale" if log else "") + band)
+        style_epoch_axes(ax, log)
+        if values:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    if not drawn:
+        plt.close(fig)
+        return False
+    save_figure(fig, path)
+    return True
+
+
+def plot_feature_panels(panels: list[tuple], path: Path, title: str = "", columns: int = 3) -> None:
+    """Feature scatters on a grid of up to ``columns`` per row; each panel is (features, labels, centers, title)."""
+    import math
+
+    cols = min(columns, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 5 * rows), squeeze=False)
+    for ax, (features, labels, centers, panel_title) in zip(axes.flat, panels):
+        scatter_features(ax, features, labels, centers, panel_title)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    add_digit_legend(fig)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.97))
+    save_figure(fig, path)

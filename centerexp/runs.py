@@ -12,54 +12,33 @@ Layout of ``runs/NAME/``::
     plots/               loss_curves.png, features.png, features/epoch_NNN.png, features.gif
 """
 
+import contextlib
 import csv
 import io
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from centerexp.errors import CenterexpError
-
-METRIC_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_ce",
-    "train_center",
-    "train_acc",
-    "test_loss",
-    "test_ce",
-    "test_center",
-    "test_acc",
-    "intra_dist",
-    "center_dist",
-    "compactness",
-    "epoch_seconds",
-    "train_seconds",
-    "eval_seconds",
-    "wall_seconds",
-    "images_per_second",
-]
-# Columns that measure time: they differ between otherwise identical runs.
-TIMING_COLUMNS = {"epoch_seconds", "train_seconds", "eval_seconds", "wall_seconds", "images_per_second"}
+from centerexp.schema import METRIC_COLUMNS, RUN_FORMAT, TIMING_COLUMNS  # noqa: F401 (re-exported)
 
 
-def _file_mode() -> int:
-    """The mode a plain open() would give a new file: mkstemp's 0600 would hide run outputs from others."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-FILE_MODE = _file_mode()
+# The modes a plain open() / mkdir() would give: mkstemp's and mkdtemp's 0600 / 0700 would hide run outputs.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def _write_error(path: Path, e: OSError) -> CenterexpError:
@@ -98,18 +77,87 @@ def read_json(path: Path) -> dict:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class RunBusy(CenterexpError):
+    """Another live process is training this run folder."""
+
+    exit_code = 3
+
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """An advisory ``fcntl.flock`` on ``run_dir/.lock``, held for as long as a process trains the run.
+
+    The kernel drops the lock when the process dies, however it dies, so a killed run never leaves
+    a stale lock behind; the file itself stays and means nothing on its own.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_lock_holder(fd)
+            os.close(fd)
+            raise RunBusy(
+                f"{self.path.parent} is being trained by another process{holder}: wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for the message above only; the flock is what counts
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_lock_holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 def is_run_dir(path: Path) -> bool:
     return (Path(path) / "config.yaml").is_file() and (Path(path) / "summary.json").is_file()
 
 
-def create_run_dir(runs_dir: Path, name: str, overwrite: bool) -> Path:
-    """Create ``runs_dir/name``; refuse to touch an existing folder unless ``overwrite``."""
-    run_dir = Path(runs_dir) / name
+def create_run_dir(runs_dir: Path, name: str, overwrite: bool, files: dict[str, str] | None = None) -> Path:
+    """Create ``runs_dir/name`` holding ``files`` (relative path -> text); refuse to touch an
+    existing folder unless ``overwrite``, and never one that a live process is training.
+
+    The folder is assembled under a hidden temporary name and renamed into place, so a process
+    killed while creating it leaves either no run folder or a complete one (config.yaml and
+    summary.json), which ``--resume`` and ``--overwrite`` both accept.
+    """
+    runs_dir = Path(runs_dir)
+    run_dir = runs_dir / name
     if run_dir.exists():
         if not overwrite:
             raise CenterexpError(
@@ -119,16 +167,70 @@ def create_run_dir(runs_dir: Path, name: str, overwrite: bool) -> Path:
             )
         if not is_run_dir(run_dir) and any(run_dir.iterdir()):
             raise CenterexpError(f"refusing to overwrite {run_dir}: it is not a centerexp run folder", exit_code=2)
-        try:
-            shutil.rmtree(run_dir)
-        except OSError as e:
-            raise CenterexpError(f"cannot remove {run_dir}: {e.strerror or e}") from None
+        with RunLock(run_dir):  # RunBusy if another process is training it
+            _remove_tree(run_dir)
     try:
-        (run_dir / "checkpoints").mkdir(parents=True)
-        (run_dir / "plots" / "features").mkdir(parents=True)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(runs_dir, name)
+        staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".{name}.creating-{os.getpid()}-"))
+        os.chmod(staging, 0o777 & ~_umask())
+        (staging / "checkpoints").mkdir()
+        (staging / "plots" / "features").mkdir(parents=True)
     except OSError as e:
         raise CenterexpError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    try:
+        for rel, text in (files or {}).items():
+            atomic_write_text(staging / rel, text)
+        os.rename(staging, run_dir)  # atomic; fails if run_dir appeared meanwhile
+    except OSError as e:
+        _remove_tree(staging)
+        if run_dir.exists():
+            raise CenterexpError(f"run folder {run_dir} was created by another process meanwhile", 2) from None
+        raise CenterexpError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    except CenterexpError:
+        _remove_tree(staging)
+        raise
     return run_dir
+
+
+def _remove_abandoned_staging(runs_dir: Path, name: str) -> None:
+    """Remove half-made folders of ``name`` whose creating process is gone (killed mid-creation)."""
+    for staging in runs_dir.glob(f".{name}.creating-*"):
+        pid = staging.name.rsplit(".creating-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove_tree(staging)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CenterexpError(f"cannot remove {path}: {e.strerror or e}") from None
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files of atomic writes that a killed process left behind (call with the lock held)."""
+    stale = [p for d in (run_dir, run_dir / "checkpoints", run_dir / "plots") for p in d.glob(".*.tmp")]
+    stale += list((run_dir / "plots" / "features").glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# ---------------------------------------------------------------------------------------------
+# What produced the numbers: env.json
 
 
 def git_info() -> dict:
@@ -159,10 +261,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def env_info(device: torch.device, precision: str, channels_last: bool) -> dict:
+def env_info(runtime) -> dict:
+    """Software, machine and runtime choices of this process (``runtime``: a runtime.Runtime)."""
+    import torch
     import torchvision
 
-    info = {
+    device = runtime.device
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -172,13 +277,106 @@ def env_info(device: torch.device, precision: str, channels_last: bool) -> dict:
         "threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "precision": precision,
-        "channels_last": channels_last,
+        "precision": runtime.precision,
+        "precision_choice": runtime.precision_choice,
+        "channels_last": runtime.channels_last,
+        "deterministic": runtime.deterministic,
         "cuda": torch.version.cuda,
         "git": git_info(),
         "argv": sys.argv,
     }
-    return info
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_run_header(run_dir: Path, config_text: str, command: str, env: dict) -> None:
+    """config.yaml, a line in command.txt and env.json: what is starting (or resuming) this run."""
+    atomic_write_text(run_dir / "config.yaml", config_text)
+    try:
+        with open(run_dir / "command.txt", "a") as f:
+            f.write(f"{now()}  {command or ' '.join(sys.argv)}\n")
+    except OSError as e:
+        raise _write_error(run_dir / "command.txt", e) from None
+    env_path = run_dir / "env.json"
+    if env_path.exists():  # keep what produced the earlier epochs; note each resume's environment
+        try:
+            first = read_json(env_path)
+        except (OSError, ValueError):
+            first = {"note": "env.json of the earlier epochs was unreadable"}
+        env = {**first, "resumes": [*first.get("resumes", []), {"time": now(), **env}]}
+    write_json(env_path, env)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary.json: the run's status, rewritten atomically at every change
+
+
+def progress_from_metrics(run_dir: Path) -> dict:
+    """The summary's progress fields, derived from metrics.csv (the one record of finished epochs)."""
+    path = Path(run_dir) / "metrics.csv"
+    m = metrics_columns(path) if path.exists() else {}
+    if not m.get("epoch"):
+        return {"epochs_done": 0}
+    accs = m["test_acc"]
+    best = max(range(len(accs)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i])  # first best epoch
+    return {
+        "epochs_done": int(m["epoch"][-1]),
+        "final_test_acc": accs[-1],
+        "best_test_acc": accs[best],
+        "best_epoch": int(m["epoch"][best]),
+        "wall_seconds": m["wall_seconds"][-1],
+        "seconds_per_epoch": m["wall_seconds"][-1] / len(accs),
+    }
+
+
+class RunSummary:
+    """summary.json. Status: ``running`` while a process trains the run (or was killed doing so),
+    then ``completed``, ``failed`` or ``interrupted``; a resume sets it back to ``running``."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "summary.json"
+        try:
+            self.data = read_json(self.path) if self.path.exists() else {}
+        except (OSError, ValueError):
+            self.data = {}  # a damaged summary is rebuilt from metrics.csv below
+
+    @staticmethod
+    def initial() -> str:
+        """The summary a new run folder is created with."""
+        return json.dumps({"started": now(), "status": "running", "epochs_done": 0, "run_format": RUN_FORMAT}) + "\n"
+
+    def begin(self, **fields: Any) -> None:
+        self.data.setdefault("started", now())
+        self.data.update(fields, run_format=RUN_FORMAT, **progress_from_metrics(self.run_dir))
+        self._save("running")
+
+    def epoch_finished(self) -> None:
+        self.data.update(progress_from_metrics(self.run_dir))
+        self._save("running")
+
+    def completed(self) -> None:
+        self._save("completed")
+
+    def failed(self, error: str) -> None:
+        self._save_quietly("failed", error)
+
+    def interrupted(self, error: str) -> None:
+        self._save_quietly("interrupted", error)
+
+    def _save(self, status: str, error: str | None = None) -> None:
+        self.data.update(status=status, error=error, updated=now())
+        write_json(self.path, self.data)
+
+    def _save_quietly(self, status: str, error: str) -> None:
+        with contextlib.suppress(CenterexpError):  # the disk may be the problem: keep the original error
+            self._save(status, error)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.csv: one row per finished epoch, columns from schema.METRICS
 
 
 class MetricsLog:
@@ -188,27 +386,40 @@ class MetricsLog:
         self.path = Path(path)
 
     def truncate_to(self, epoch: int) -> None:
-        """Keep the header and the rows of epochs <= ``epoch`` (used on resume)."""
-        rows = [r for r in read_metrics(self.path) if int(r["epoch"]) <= epoch] if self.path.exists() else []
+        """Keep the header and the rows of epochs <= ``epoch`` (used on resume).
+
+        Rows are rewritten with this version's columns: ones an older version lacked stay empty,
+        ones this version does not know are dropped.
+        """
+        rows = [r for r in read_metrics(self.path) if _epoch(r) <= epoch] if self.path.exists() else []
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.path, buffer.getvalue())
 
     def append(self, row: dict) -> None:
+        if set(row) != set(METRIC_COLUMNS):  # a programming error: schema.METRICS and the row disagree
+            missing, extra = set(METRIC_COLUMNS) - set(row), set(row) - set(METRIC_COLUMNS)
+            raise ValueError(f"metrics row does not match schema.METRICS: missing {missing}, unknown {extra}")
         try:
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(
-                    {k: _fmt(row[k]) for k in METRIC_COLUMNS}
-                )
+                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+                writer.writerow({k: _exact(row[k]) for k in METRIC_COLUMNS})
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
             raise _write_error(self.path, e) from None
 
 
-def _fmt(value: Any) -> str:
+def _epoch(row: dict) -> float:
+    try:
+        return float(row.get("epoch") or "nan")
+    except ValueError:
+        return math.nan
+
+
+def _exact(value: Any) -> str:
     # repr keeps every bit of a float, so reruns can be compared exactly.
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -218,7 +429,16 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
 def metrics_columns(path: Path) -> dict[str, list[float]]:
-    """metrics.csv as numeric columns (empty lists when there are no rows yet)."""
+    """metrics.csv as numeric columns. Every column of schema.METRICS is present (NaN where a run
+    of another version lacks it); columns this version does not know are kept as they are."""
     rows = read_metrics(path)
-    return {c: [float(r[c]) for r in rows] for c in (rows[0].keys() if rows else METRIC_COLUMNS)}
+    names = list(METRIC_COLUMNS) + [c for c in (rows[0].keys() if rows else []) if c not in METRIC_COLUMNS]
+    return {c: [_number(r.get(c)) for r in rows] for c in names}

@@ -1,6 +1,7 @@
-"""compare on synthetic run folders (exact table values), and end to end on two tiny real runs."""
+"""compare on synthetic run folders (exact table values, claims.json), and end to end on two tiny real runs."""
 
 import csv
+import json
 import statistics
 
 import pytest
@@ -10,30 +11,51 @@ from typer.testing import CliRunner
 from centerexp.cli import app
 from centerexp.compare import compare
 from centerexp.config import Config
-from centerexp.runs import METRIC_COLUMNS, write_json
+from centerexp.schema import METRIC_COLUMNS
 
 from .conftest import write_config
+from .test_claims import paired_ci, welch_ci
 
 runner = CliRunner()
+STEPS = 235  # per epoch at the default config: 60,000 images, batch 256
 
 
-def fake_run(root, name, accs, *, seed=0, arch="deep", distance="squared", status="completed", epoch_seconds=10.0):
-    """A run folder written by hand: config.yaml, summary.json and metrics.csv with the given test accuracies."""
+def fake_run(
+    root,
+    name,
+    accs,
+    *,
+    seed=0,
+    arch="deep",
+    distance="squared",
+    status="completed",
+    epoch_seconds=10.0,
+    epochs=None,
+    columns=METRIC_COLUMNS,
+    error=None,
+):
+    """A run folder written by hand: config.yaml, summary.json and metrics.csv with the given test
+    accuracies. ``columns``: the metrics.csv header (an older or newer run format)."""
     run = root / name
     run.mkdir(parents=True)
     cfg = Config().to_dict()
-    cfg["train"].update(seed=seed, epochs=len(accs) if status == "completed" else len(accs) + 5)
+    if epochs is None:
+        epochs = len(accs) if status == "completed" else len(accs) + 5
+    cfg["train"].update(seed=seed, epochs=epochs)
     cfg["model"]["arch"], cfg["loss"]["distance"] = arch, distance
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    write_json(run / "summary.json", {"status": status, "epochs_done": len(accs)})
+    (run / "summary.json").write_text(json.dumps({"status": status, "epochs_done": len(accs), "error": error}))
     with open(run / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for i, acc in enumerate(accs, 1):
-            row = {c: 0.5 for c in METRIC_COLUMNS}
+            row = {c: 0.5 for c in columns}
             row.update(
                 epoch=i,
+                step=i * STEPS,
                 test_acc=acc,
+                test_ce=2.0 / i,
+                train_ce=2.5 / i,
                 epoch_seconds=epoch_seconds,
                 wall_seconds=epoch_seconds * i,
                 train_center=1.0 / i,
@@ -49,20 +71,29 @@ def quiet(*_):
     pass
 
 
+def auc(accs):
+    """The primary metric by its definition: trapezoid from (0, 0.1) over equal epochs, over the last step."""
+    ys = [0.1, *accs]
+    return sum((y0 + y1) / 2 for y0, y1 in zip(ys, ys[1:])) / len(accs)
+
+
 def test_single_runs_thresholds_and_values(tmp_path):
     a = fake_run(tmp_path, "a", [0.5, 0.985, 0.991])
     b = fake_run(tmp_path, "b", [0.4, 0.6, 0.97], distance="sqrt", epoch_seconds=20.0)
     result = compare([a, b], tmp_path / "out", echo=quiet)
     header, rows = result["header"], {r[0]: dict(zip(result["header"], r)) for r in result["rows"]}
     assert "loss.distance" in header and "train.epochs" not in header  # only keys that differ
-    assert rows["a"]["final acc %"] == "99.10" and rows["a"]["best acc %"] == "99.10"
-    assert rows["a"]["epoch to 0.98"] == "2" and rows["a"]["s to 0.98"] == "20"
-    assert rows["a"]["epoch to 0.99"] == "3" and rows["a"]["s to 0.99"] == "30"
-    assert rows["b"]["epoch to 0.98"] == "never" and rows["b"]["s to 0.99"] == "never"
-    assert rows["b"]["s/epoch"] == "20" and rows["a"]["final center loss"] == "0.333"
+    assert rows["a"]["final test acc %"] == "99.10" and rows["a"]["best test acc %"] == "99.10"
+    assert rows["a"]["steps"] == "705" and rows["a"]["acc AUC"] == f"{auc([0.5, 0.985, 0.991]):.4g}"
+    assert rows["a"]["steps to 0.98"] == "470" and rows["a"]["s to 0.98"] == "20"
+    assert rows["a"]["steps to 0.99"] == "705" and rows["a"]["s to 0.99"] == "30"
+    assert rows["b"]["steps to 0.98"] == "> 705 (not reached)" and rows["b"]["s to 0.99"] == "> 60 (not reached)"
+    assert rows["b"]["s/epoch"] == "20" and rows["a"]["final test CE"] == "0.6667"
     assert rows["a"]["intra/center"] == "0.25"
-    for name in ["report.md", "compare.csv", "accuracy.png", "losses.png"]:
+    assert "final center loss" not in header  # squared and sqrt center losses are in different units
+    for name in ["report.md", "compare.csv", "accuracy.png", "cross_entropy.png", "compactness.png"]:
         assert (tmp_path / "out" / name).is_file()
+    assert not (tmp_path / "out" / "claims.json").exists()  # no V1 triple
     with open(tmp_path / "out" / "compare.csv") as f:
         assert list(csv.reader(f))[0] == header
 
@@ -76,43 +107,135 @@ def test_seeds_form_a_group_with_mean_and_std(tmp_path):
     g = rows["v1_0"]
     assert g["n"] == "3"
     sd = statistics.stdev([97, 98, 99])
-    assert g["final acc %"] == f"98.00 ± {sd:.2f}"
-    assert g["epoch to 0.98"] == "2 (2/3 reached)"  # one seed never got there
+    assert g["final test acc %"] == f"98.00 ± {sd:.2f}"
+    # one seed never got there: the median counts it as later than both that did, it is not left out
+    assert g["steps to 0.98"] == "470 (2/3 reached)"
     assert "train.seed" not in result["header"]
 
 
-def test_difference_within_spread_is_said(tmp_path):
-    runs = [fake_run(tmp_path, f"x_s{s}", [0.5, acc], seed=s) for s, acc in enumerate([0.90, 0.96])]
-    runs += [fake_run(tmp_path, f"y_s{s}", [0.5, acc], seed=s, distance="sqrt") for s, acc in enumerate([0.92, 0.95])]
-    runs += [fake_run(tmp_path, f"z_s{s}", [0.5, acc], seed=s, arch="shallow") for s, acc in enumerate([0.50, 0.51])]
-    notes = compare(runs, tmp_path / "out", echo=quiet)["notes"]
-    assert any(n.startswith("x vs y") and "within their seed-to-seed spread" in n for n in notes)
-    assert any(n.startswith("x vs z") and "larger than their seed-to-seed spread" in n for n in notes)
+def test_threshold_median_is_censored_when_most_runs_never_reach(tmp_path):
+    runs = [fake_run(tmp_path, f"x_s{s}", [0.5, acc], seed=s) for s, acc in enumerate([0.99, 0.5, 0.6])]
+    rows = compare(runs, tmp_path / "out", thresholds=[0.98], echo=quiet)["rows"]
+    assert "> 470 (1/3 reached)" in rows[0]  # not "235 (1/3 reached)", which flatters the group
+
+
+def test_old_and_new_run_formats_group_together_and_show_missing_values(tmp_path):
+    old_columns = [c for c in METRIC_COLUMNS if c not in ("step", "compactness", "test_ce")]
+    old = fake_run(tmp_path, "r_s0", [0.5, 0.9], columns=old_columns)
+    new = fake_run(tmp_path, "r_s1", [0.5, 0.9], seed=1, columns=[*METRIC_COLUMNS, "some_future_metric"])
+    cfg = yaml.safe_load((new / "config.yaml").read_text())
+    cfg["train"]["some_future_key"] = 3  # a key added in a later version
+    (new / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = compare([old, new], tmp_path / "out", echo=quiet)
+    assert len(result["groups"]) == 1
+    row = dict(zip(result["header"], result["rows"][0]))
+    assert row["n"] == "2" and row["steps"] == "470"  # old run: steps derived from the config
+    assert row["acc AUC"] == f"{auc([0.5, 0.9]):.4g}"
+    assert row["intra/center"] == "0.25 (1/2)" and row["final test CE"] == "1 (1/2)"
+    alone = compare([old], tmp_path / "out2", echo=quiet)
+    row = dict(zip(alone["header"], alone["rows"][0]))
+    assert row["intra/center"] == "—" and row["final test CE"] == "—"
+    assert "train.some_future_key" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_unfinished_runs_are_marked_and_never_grouped(tmp_path):
     done = [fake_run(tmp_path, f"r_s{s}", [0.9, 0.95], seed=s) for s in range(2)]
     running = fake_run(tmp_path, "r_s2", [0.9], seed=2, status="running")
-    failed = fake_run(tmp_path, "r_s3", [0.1], seed=3, status="failed")
+    failed = fake_run(tmp_path, "r_s3", [0.1], seed=3, status="failed", epochs=2, error="training loss became nan")
     result = compare([*done, running, failed], tmp_path / "out", echo=quiet)
     rows = {r[0]: dict(zip(result["header"], r)) for r in result["rows"]}
     assert rows["r"]["n"] == "2"
     assert rows["r_s2 [running]"]["status"] == "running (1/6 epochs)"
-    assert rows["r_s3 [failed]"]["status"].startswith("failed")
+    assert rows["r_s3 [failed]"]["status"] == "failed (1/2 epochs)"
+    assert [r[0] for r in result["rows"]] == ["r", "r_s3 [failed]", "r_s2 [running]"]  # failed run next to its group
 
 
-def test_v1_claims_get_verdicts(tmp_path):
-    runs = []
-    for s in range(3):
-        runs.append(fake_run(tmp_path, f"v1_0_s{s}", [0.90 + 0.001 * s, 0.99], seed=s))
-        runs.append(fake_run(tmp_path, f"v1_1_s{s}", [0.50 + 0.001 * s, 0.97], seed=s, distance="sqrt"))
-        runs.append(fake_run(tmp_path, f"v1_2_s{s}", [0.50 + 0.002 * s, 0.97], seed=s, distance="sqrt", arch="shallow"))
+def v1_runs(root, seeds=3, failed=()):
+    """V1.0 above V1.1 on every seed (claim 1 supported); V1.1 and V1.2 overlap (claim 2 inconclusive).
+    ``failed``: (label, seed) pairs whose run diverged after one epoch."""
+    curves = {
+        "V1.0": lambda s: [0.50 + 0.02 * s, 0.80 + 0.01 * s, 0.95],
+        "V1.1": lambda s: [0.40 + 0.02 * s, 0.75 + 0.012 * s, 0.95],
+        "V1.2": lambda s: [0.42 + 0.03 * (s % 2), 0.74 + 0.02 * s, 0.95],
+    }
+    kinds = {"V1.0": ("deep", "squared"), "V1.1": ("deep", "sqrt"), "V1.2": ("shallow", "sqrt")}
+    runs, aucs = [], {label: {} for label in curves}
+    for s in range(seeds):
+        for label, curve in curves.items():
+            arch, distance = kinds[label]
+            name = f"v1_{label[-1]}_s{s}"
+            if (label, s) in failed:
+                err = "training loss became nan at epoch 2, batch 3: run stopped"
+                runs.append(fake_run(root, name, curve(s)[:1], seed=s, arch=arch, distance=distance, epochs=3,
+                                     status="failed", error=err))  # fmt: skip
+                continue
+            runs.append(fake_run(root, name, curve(s), seed=s, arch=arch, distance=distance))
+            aucs[label][s] = auc(curve(s))
+    return runs, aucs
+
+
+def test_v1_claims_json_matches_scipy(tmp_path):
+    runs, aucs = v1_runs(tmp_path)
     result = compare(runs, tmp_path / "out", echo=quiet)
-    verdicts = [c[1] for c in result["claims"]]
-    assert verdicts[0] == "supported"
-    assert verdicts[1].startswith("inconclusive")
+    data = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert [c["id"] for c in data] == ["1", "2"]
+    c1, c2 = data
+    a, b = list(aucs["V1.0"].values()), list(aucs["V1.1"].values())
+    diff, low, high = paired_ci(a, b)
+    assert c1["verdict"] == "supported" and c1["test"] == "paired t"
+    assert (c1["diff"], c1["ci_low"], c1["ci_high"]) == pytest.approx((diff, low, high))
+    assert (c1["n_a"], c1["n_b"], c1["failed_a"], c1["failed_b"]) == (3, 3, 0, 0)
+    a, b = list(aucs["V1.1"].values()), list(aucs["V1.2"].values())
+    diff, low, high, _ = welch_ci(a, b)
+    assert c2["verdict"] == "inconclusive" and c2["test"] == "Welch t"
+    assert (c2["diff"], c2["ci_low"], c2["ci_high"]) == pytest.approx((diff, low, high))
+    assert c2["metric"] == "normalised area under test accuracy vs training step"
+    assert [cr.result.verdict for cr in result["claims"]] == ["supported", "inconclusive"]
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "The seed's claims" in report and "| 1. squared center loss" in report
+    assert "## The V1 experiments' claims" in report and "| 1. squared center loss" in report
+    assert 'What "converges faster" means here' in report and "Welch" in report
+    assert "705 optimizer steps: 10.0% of the recipe's 7,050" in report and "pipeline check" in report
+    assert "Regenerate this report: `centerexp compare" in report
+
+
+def test_v1_failed_runs_are_shown_counted_and_can_leave_too_few(tmp_path):
+    runs, _ = v1_runs(tmp_path, failed={("V1.1", 2)})
+    result = compare(runs, tmp_path / "out", echo=quiet)
+    rows = {r[0] for r in result["rows"]}
+    assert "v1_1_s2 [failed]" in rows
+    c1, c2 = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert c1["verdict"] == "insufficient evidence" and (c1["n_a"], c1["failed_b"]) == (2, 1)
+    assert c2["verdict"] == "insufficient evidence" and (c2["n_a"], c2["failed_a"], c2["n_b"]) == (2, 1, 3)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "failed: training loss became nan at epoch 2" in report
+
+
+def test_v1_a_failed_run_with_three_left_keeps_the_verdict(tmp_path):
+    runs, aucs = v1_runs(tmp_path, seeds=4, failed={("V1.0", 3)})
+    compare(runs, tmp_path / "out", echo=quiet)
+    c1 = json.loads((tmp_path / "out" / "claims.json").read_text())[0]
+    diff, low, high = paired_ci([aucs["V1.0"][s] for s in range(3)], [aucs["V1.1"][s] for s in range(3)])
+    assert c1["verdict"] == "supported" and (c1["n_a"], c1["failed_a"]) == (3, 1)
+    assert (c1["diff"], c1["ci_low"], c1["ci_high"]) == pytest.approx((diff, low, high))
+
+
+def test_a_glob_over_a_compared_folder_skips_compares_own_files_quietly(tmp_path):
+    runs, _ = v1_runs(tmp_path, seeds=1)
+    compare(runs, tmp_path, echo=quiet)
+    (tmp_path / "notes.txt").write_text("not a run")
+    warnings = []
+    result = compare(sorted(tmp_path.iterdir()), tmp_path, echo=quiet, warn=warnings.append)
+    assert len(result["rows"]) == 3 and (tmp_path / "claims.json").is_file()
+    assert warnings == [f"skipping {tmp_path / 'notes.txt'}: not a run folder (no config.yaml and summary.json)"]
+
+
+def test_stale_claims_json_is_removed_when_the_triple_is_gone(tmp_path):
+    runs, _ = v1_runs(tmp_path, seeds=1)
+    compare(runs, tmp_path / "out", echo=quiet)
+    c1 = json.loads((tmp_path / "out" / "claims.json").read_text())[0]
+    assert c1["verdict"] == "insufficient evidence" and c1["ci_low"] is None  # n = 1: no interval
+    compare(runs[:2], tmp_path / "out", echo=quiet)
+    assert not (tmp_path / "out" / "claims.json").exists()
 
 
 def test_cli_skips_non_runs_and_fails_on_none(tmp_path):
@@ -162,7 +285,14 @@ def test_compare_end_to_end_on_real_runs(two_real_runs, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "| base " in result.output and "| 2 " in result.output  # the two seeds form one group
-    for name in ["report.md", "compare.csv", "accuracy.png", "losses.png", "features_grid.png"]:
+    for name in [
+        "report.md",
+        "compare.csv",
+        "accuracy.png",
+        "cross_entropy.png",
+        "compactness.png",
+        "features_grid.png",
+    ]:
         assert (out / name).stat().st_size > 0, name
     assert "![features_grid.png](features_grid.png)" in (out / "report.md").read_text()
 
@@ -191,3 +321,4 @@ def test_v1_claims_need_configs_that_differ_only_where_the_seed_says(tmp_path):
     cfg["loss"]["lamda"] = 0.5  # no longer V1.1 with a shallower net
     (runs[2] / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert compare(runs, tmp_path / "out", echo=quiet)["claims"] == []
+    assert not (tmp_path / "out" / "claims.json").exists()

@@ -95,3 +95,76 @@ def test_center_loss_is_fp32_under_bf16_autocast():
 def test_unknown_distance_is_rejected():
     with pytest.raises(ValueError, match="distance"):
         CenterLoss(10, 2, distance="cosine")
+
+
+# --- dtype: the loss computes in its parameters' dtype; only half precisions are upcast ----------
+
+
+@pytest.mark.parametrize("distance", ["squared", "sqrt"])
+def test_float64_loss_and_gradcheck(distance):
+    loss = make(distance, True).double()
+    x = (FEATURES.double() + 0.25).requires_grad_(True)  # away from the centers: sqrt is smooth there
+    value = loss(x, LABELS)
+    assert value.dtype == torch.float64
+    assert torch.autograd.gradcheck(
+        lambda f, c: _with_centers(loss, c)(f, LABELS), (x, loss.centers.detach().clone().requires_grad_(True))
+    )
+
+
+def _with_centers(loss, centers):
+    """The loss as a function of features and centers (gradcheck needs both as inputs)."""
+
+    def f(features, labels):
+        saved = loss.centers
+        loss._parameters["centers"] = centers
+        try:
+            return loss(features, labels)
+        finally:
+            loss._parameters["centers"] = saved
+
+    return f
+
+
+def test_half_precision_features_are_upcast_to_fp32():
+    loss = make("squared", True)
+    value = loss(FEATURES.bfloat16(), LABELS)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(loss(FEATURES, LABELS).item(), rel=1e-2)
+
+
+# --- the auxiliary-loss seam: the trainer needs nothing center-specific -------------------------
+
+
+def test_a_new_auxiliary_loss_is_a_class_and_a_config_choice(tmp_path, monkeypatch):
+    """A test double without centers or trainable parameters trains end to end, with plots."""
+    from centerexp import config, losses
+    from centerexp.runs import read_metrics
+    from centerexp.train import start_run
+
+    from .conftest import write_config
+
+    class FeatureNorm(losses.AuxiliaryLoss):  # pulls every feature towards the origin
+        def __init__(self, cfg, num_classes, feat_dim):
+            super().__init__()
+            self.lamda, self.after_step_calls = cfg.lamda, 0
+
+        def forward(self, features, labels):
+            return self.lamda * features.float().pow(2).sum(1).mean()
+
+        def after_step(self, features, labels):
+            self.after_step_calls += 1
+
+    monkeypatch.setitem(losses.AUX_LOSSES, "feature_norm", FeatureNorm)
+    monkeypatch.setitem(config.CHOICES, "loss.kind", ("center", "feature_norm"))
+    cfg = write_config(
+        tmp_path / "fn.yaml",
+        loss={"kind": "feature_norm", "lamda": 0.01},
+        train={"epochs": 2, "precision": "fp32"},
+        data={"train_subset": 256, "test_subset": 128},
+        plot={"gif": False},
+    )
+    run, summary = start_run(cfg, [], tmp_path / "runs", progress=False)
+    rows = read_metrics(run / "metrics.csv")
+    assert summary["status"] == "completed" and len(rows) == 2
+    assert float(rows[0]["train_center"]) > 0 and rows[0]["compactness"] == "nan"  # no centers to measure
+    assert (run / "plots" / "features.png").is_file()

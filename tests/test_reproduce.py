@@ -17,6 +17,7 @@ def test_reproduce_trains_compares_then_keeps_completed_runs(tmp_path):
     assert names == ["v1_0_s0", "v1_0_s1", "v1_1_s0", "v1_1_s1", "v1_2_s0", "v1_2_s1"]
     assert (tmp_path / "report.md").is_file() and (tmp_path / "compare.csv").is_file()
     assert len(result["groups"]) == 2  # v1_0 and v1_1 differ (distance); v1_1 and v1_2 are both linear now
+    assert not (tmp_path / "claims.json").exists()  # no V1 triple among linear runs: no claims
     cfg = yaml.safe_load((tmp_path / "v1_2_s1" / "config.yaml").read_text())
     assert cfg["train"]["seed"] == 1 and cfg["data"]["train_subset"] == 256 and cfg["train"]["batch_size"] == 64
 
@@ -38,3 +39,23 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
         reproduce("fast", runs_dir=tmp_path)
     with pytest.raises(CenterexpError, match="--seeds must be >= 1"):
         reproduce("quick", seeds=0, runs_dir=tmp_path)
+
+
+def test_quick_profile_keeps_the_recipes_dynamics_and_its_budget():
+    from centerexp.claims import RECIPE_STEPS, steps_from_config
+    from centerexp.config import load_config
+    from centerexp.reproduce import PROFILES, QUICK_THRESHOLDS, config_dir
+
+    full = load_config(config_dir() / "v1_0.yaml", PROFILES["full"])
+    quick = load_config(config_dir() / "v1_0.yaml", PROFILES["quick"])
+    assert full.train.precision == quick.train.precision == "fp32"
+    # the count-normalised center loss scales as lamda / batch: lamda = batch/256 keeps the recipe's
+    # center pull per feature (relative to cross-entropy) and each center's step
+    assert quick.loss.lamda / quick.train.batch_size == full.loss.lamda / full.train.batch_size
+    steps = steps_from_config([quick.train.epochs], quick.data.train_subset, quick.train.batch_size)[0]
+    assert steps == 90 and round(steps / RECIPE_STEPS, 3) == 0.013
+    # the CPU budget: training images x epochs per run stays that of the earlier 3 x 1,920 profile,
+    # and evaluated test images per run too (evaluation costs about a third of training per image)
+    assert quick.data.train_subset * quick.train.epochs == 1920 * 3
+    assert quick.data.test_subset * quick.train.epochs == 1000 * 3
+    assert QUICK_THRESHOLDS == (0.1 + 0.25 * 0.9, 0.1 + 0.5 * 0.9)  # a quarter and half way from chance to 1

@@ -151,7 +151,7 @@ def test_centers_move_during_training(tmp_path, update):
     torch.manual_seed(cfg.train.seed)
     from centerexp.train import build_parts
 
-    initial = build_parts(cfg, torch.device("cpu")).center_loss.centers.detach().clone()
+    initial = build_parts(cfg, torch.device("cpu")).aux_loss.points.detach().clone()
     run = create_run_dir(tmp_path / "runs", "c", overwrite=False)
     train(cfg, run, progress=False)
     final = torch.load(run / "checkpoints/last.pt", weights_only=True)["center_loss"]["centers"]

@@ -1,0 +1,130 @@
+"""``train.precision: auto``: pick fp32 or bf16 by timing the run's own model on this machine.
+
+CPU flags do not predict it: bf16 convolutions were ~3x fp32 on a Xeon with AMX, ~2x on an AMD
+Zen 4 with AVX512-BF16 and no AMX, and slower than fp32 on a Sapphire Rapids VM with AVX512-BF16
+but no AMX exposed. So the first run of a model on a machine times a few training steps in both
+precisions and caches the rates; bf16 is chosen only when it is at least MIN_SPEEDUP times fp32,
+which keeps ``auto`` from ever losing to fp32 by more than measurement noise.
+
+On CUDA the rule is by compute capability: bf16 tensor cores from sm_80 (Ampere) on.
+"""
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from centerexp.config import Config
+from centerexp.errors import CenterexpError
+
+MIN_SPEEDUP = 1.2
+CACHE_FILE = "precision-cache.json"
+PROBE_BATCH = 32  # small enough for a few seconds on 2 cores, large enough to keep the conv kernels busy
+PROBE_STEPS = 3  # timed steps per precision, interleaved, after one warm-up step each
+
+
+def machine_signature(device: torch.device, threads: int) -> dict:
+    """What the measurement depends on: CPU model, cores and threads, torch version, architecture."""
+    from centerexp.runs import cpu_model
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {
+        "device": name,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def cache_key(signature: dict, arch: str, channels_last: bool) -> str:
+    return "|".join([*(str(v) for v in signature.values()), arch, "nhwc" if channels_last else "nchw"])
+
+
+def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -> dict[str, float]:
+    """Training images/s of ``cfg.model`` in fp32 and bf16: forward, backward and an SGD step on
+    random images, the two precisions interleaved so that a slow moment hits both alike."""
+    from centerexp.models import build_model
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = build_model(cfg.model).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+        x = torch.rand(PROBE_BATCH, 1, 28, 28, device=device)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        y = torch.randint(0, 10, (PROBE_BATCH,), device=device)
+
+        def step(precision: str) -> float:
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                _, logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - start
+
+        times = {"fp32": [], "bf16": []}
+        for p in times:
+            step(p)  # warm-up: oneDNN picks and caches its kernels per precision and shape
+        for _ in range(PROBE_STEPS):
+            for p in times:
+                times[p].append(step(p))
+    return {p: PROBE_BATCH / statistics.median(t) for p, t in times.items()}
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: measure again
+
+
+def choose_precision(cfg: Config, device: torch.device, channels_last: bool, measure=None) -> tuple[str, dict]:
+    """(precision, how it was chosen). ``measure`` replaces ``measure_step_rates`` (for tests)."""
+    wanted = cfg.train.precision
+    if wanted != "auto":
+        return wanted, {"mode": "set in config"}
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        chosen = "bf16" if major >= 8 else "fp32"
+        return chosen, {"mode": f"auto: CUDA compute capability {major}.{minor}", "chosen": chosen}
+
+    from centerexp.data import data_root
+    from centerexp.runs import write_json
+
+    signature = machine_signature(device, torch.get_num_threads())
+    key = cache_key(signature, cfg.model.arch, channels_last)
+    path = data_root(cfg.data) / CACHE_FILE
+    cache = _read_cache(path)
+    cached = key in cache
+    if cached:
+        rates = cache[key]["images_per_second"]
+    else:
+        rates = (measure or measure_step_rates)(cfg, device, channels_last)
+        cache[key] = {"images_per_second": rates, **signature, "arch": cfg.model.arch}
+        # A read-only cache folder only costs a re-measurement next time.
+        with contextlib.suppress(OSError, CenterexpError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, cache)
+    speedup = rates["bf16"] / rates["fp32"]
+    chosen = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
+    return chosen, {
+        "mode": f"auto: measured, bf16 if >= {MIN_SPEEDUP}x fp32",
+        "images_per_second": rates,
+        "bf16_speedup": speedup,
+        "chosen": chosen,
+        "cached": cached,
+        "cache": str(path),
+    }

@@ -1,0 +1,105 @@
+"""Where and how a run computes: device, precision, memory format, threads, determinism, RNG state.
+
+``Runtime.from_config`` is called once per run (and by bench); the trainer and the evaluation
+take the resulting object instead of a list of loose flags.
+"""
+
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from centerexp.config import Config
+from centerexp.errors import CenterexpError
+
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, restored when train.threads is null
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # "fp32" | "bf16" (autocast for the conv trunk; heads and losses stay fp32)
+    channels_last: bool  # NHWC activations for the conv nets (faster with oneDNN and cuDNN)
+    threads: int  # torch intra-op threads
+    deterministic: bool
+    precision_choice: dict = field(default_factory=dict, compare=False)  # how "auto" decided, for env.json
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, measure=None) -> "Runtime":
+        """Resolve "auto" settings and apply the process-wide ones (threads, determinism).
+
+        ``measure`` replaces the precision measurement (tests inject one); see precision.py.
+        """
+        from centerexp.precision import choose_precision
+
+        device = resolve_device(cfg.train.device)
+        threads = cfg.train.threads or DEFAULT_THREADS
+        torch.set_num_threads(threads)
+        configure_determinism(cfg.train.deterministic, device)
+        channels_last = cfg.train.channels_last and cfg.model.arch != "linear"
+        precision, choice = choose_precision(cfg, device, channels_last, measure=measure)
+        return cls(device, precision, channels_last, threads, cfg.train.deterministic, choice)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def sync(self) -> None:
+        """Wait for queued GPU work, so wall-clock timings mean what they say."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CenterexpError("train.device is 'cuda' but no CUDA GPU is available (use auto or cpu)", exit_code=2)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if device.type == "cuda" and deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must precede the first cuBLAS call
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state(shuffle: torch.Generator) -> dict:
+    """Every random state the run touches, as plain data (loads with weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle": shuffle.get_state(),
+    }
+
+
+def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    shuffle.set_state(state["shuffle"])

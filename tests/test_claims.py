@@ -1,0 +1,209 @@
+"""The V1 statistics on plain numbers: the metric's definition, censoring, each verdict, failed runs.
+
+Expected intervals are computed here from the textbook formulas with scipy.stats.t quantiles, not
+through the functions under test (which call scipy's ttest_rel / ttest_ind).
+"""
+
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from centerexp import claims
+from centerexp.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    INSUFFICIENT,
+    SUPPORTED,
+    accuracy_auc,
+    censored_cell,
+    censored_median,
+    paired_test,
+    steps_per_epoch,
+    value_at_fraction,
+    welch_test,
+)
+
+NAN = math.nan
+
+
+def paired_ci(a, b, confidence=0.95):
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * statistics.stdev(d) / math.sqrt(n)
+    return statistics.fmean(d), statistics.fmean(d) - half, statistics.fmean(d) + half
+
+
+def welch_ci(a, b, confidence=0.95):
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    half = stats.t.ppf((1 + confidence) / 2, df) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half, df
+
+
+# --- the metric ----------------------------------------------------------------------------------
+
+
+def test_steps_match_the_trainer_and_the_recipe():
+    assert steps_per_epoch(60_000, 256) == 235  # 234 full batches + one of 96
+    assert claims.RECIPE_STEPS == 7_050
+    assert steps_per_epoch(960, 64) == 15
+    assert steps_per_epoch(257, 256) == 1  # a lone trailing sample is not a step (BatchNorm)
+    assert steps_per_epoch(258, 256) == 2
+    assert claims.steps_from_config([1, 2], 960, 64) == [15, 30]
+    assert claims.steps_from_config([1], None, 256) == [235]
+
+
+def test_auc_is_the_trapezoid_from_chance_over_steps():
+    # (0, 0.1) -> (10, 0.5) -> (20, 0.7): area 10 * 0.3 + 10 * 0.6 = 9, over 20 steps
+    assert accuracy_auc([10, 20], [0.5, 0.7]) == pytest.approx(0.45)
+    assert accuracy_auc([10, 20], [1.0, 1.0]) == pytest.approx((10 * 0.55 + 10 * 1.0) / 20)
+    # the same curve on a finer grid of evaluations gives the same area
+    assert accuracy_auc([5, 10, 15, 20], [0.3, 0.5, 0.6, 0.7]) == pytest.approx(0.45)
+    assert math.isnan(accuracy_auc([10, 20], [0.5, NAN]))  # a diverged run has no area
+    assert math.isnan(accuracy_auc([], []))
+
+
+def test_value_at_fraction_interpolates_and_is_missing_before_the_first_evaluation():
+    steps, ce = [15, 30, 45, 60], [2.0, 1.0, 0.8, 0.5]
+    assert value_at_fraction(steps, ce, 0.25) == 2.0  # step 15 exactly
+    assert value_at_fraction(steps, ce, 0.5) == 1.0
+    assert value_at_fraction(steps, ce, 0.625) == pytest.approx(0.9)
+    assert value_at_fraction(steps, ce, 1.0) == 0.5
+    assert math.isnan(value_at_fraction(steps, ce, 0.1))
+    assert math.isnan(value_at_fraction(steps, [NAN] * 4, 0.5))  # a column the run's format lacks
+
+
+def test_threshold_times_are_censored_not_dropped():
+    assert censored_median([100, None, 200]) == (200, 2, 3)
+    assert censored_median([100, None, None]) == (math.inf, 1, 3)
+    assert censored_cell([100, None, 200], 540) == "200 (2/3 reached)"
+    assert censored_cell([100, None, None], 540) == "> 540 (1/3 reached)"  # not "100 (1/3 reached)"
+    assert censored_cell([None, None, None], 540) == "> 540 (0/3 reached)"
+    assert censored_cell([120], 540) == "120"
+    assert censored_cell([None], 540) == "> 540 (not reached)"
+
+
+# --- the verdicts -----------------------------------------------------------------------------------
+
+
+def test_clearly_separated_and_paired_is_supported_with_scipys_interval():
+    a, b = [0.62, 0.55, 0.70], [0.58, 0.50, 0.67]  # every seed: a above b by 0.03-0.05
+    r = paired_test(a, b)
+    diff, low, high = paired_ci(a, b)
+    assert r.verdict == SUPPORTED and r.test == "paired t"
+    assert (r.diff, r.ci_low, r.ci_high) == pytest.approx((diff, low, high))
+    assert (r.n_a, r.n_b, r.failed_a, r.failed_b, r.df) == (3, 3, 0, 0, 2)
+    # the groups overlap, so unpaired the same numbers say nothing: pairing is what gives the power
+    assert welch_test(a, b).verdict == INCONCLUSIVE
+
+
+def test_overlapping_groups_are_inconclusive():
+    a, b = [0.50, 0.56, 0.53, 0.49], [0.52, 0.51, 0.55, 0.50]
+    assert paired_test(a, b).verdict == INCONCLUSIVE
+    r = welch_test(a, b)
+    assert r.verdict == INCONCLUSIVE and r.ci_low < 0 < r.ci_high
+
+
+def test_unequal_variances_are_inconclusive_not_supported():
+    a, b = [0.86, 0.90, 0.94], [0.850, 0.851, 0.852]  # the old "within spread" rule said supported
+    r = welch_test(a, b)
+    diff, low, high, df = welch_ci(a, b)
+    assert r.verdict == INCONCLUSIVE and r.test == "Welch t"
+    assert (r.diff, r.ci_low, r.ci_high, r.df) == pytest.approx((diff, low, high, df))
+    assert r.p_value == pytest.approx(0.168, abs=0.001)
+    assert paired_test(a, b).verdict == INCONCLUSIVE
+
+
+def test_one_run_per_group_is_insufficient_evidence():
+    for test in (paired_test, welch_test):
+        r = test([0.9], [0.1])
+        assert r.verdict == INSUFFICIENT
+        assert r.diff == pytest.approx(0.8) and math.isnan(r.ci_low)
+        assert any("at least 3" in n for n in r.notes)
+    assert welch_test([0.9, 0.91], [0.1, 0.11, 0.12]).verdict == INSUFFICIENT
+
+
+def test_opposite_direction_is_contradicted():
+    a, b = [0.40, 0.45, 0.42], [0.50, 0.56, 0.51]
+    assert paired_test(a, b).verdict == CONTRADICTED
+    r = welch_test(a, b)
+    assert r.verdict == CONTRADICTED and r.ci_high < 0
+
+
+def test_a_failed_run_is_counted_and_leaves_too_few():
+    a, b = [0.62, NAN, 0.70], [0.58, 0.50, 0.67]
+    r = paired_test(a, b)
+    assert r.verdict == INSUFFICIENT and (r.failed_a, r.failed_b, r.n_a, r.n_b) == (1, 0, 2, 2)
+    assert any("failed" in n for n in r.notes)
+    r = welch_test(a, b)
+    assert r.verdict == INSUFFICIENT and (r.failed_a, r.n_a, r.n_b) == (1, 2, 3)
+
+
+def test_a_failed_run_with_three_left_still_gets_a_verdict_and_says_so():
+    a, b = [0.62, 0.55, NAN, 0.70], [0.58, 0.50, 0.60, 0.67]
+    r = paired_test(a, b)
+    diff, low, high = paired_ci([0.62, 0.55, 0.70], [0.58, 0.50, 0.67])
+    assert r.verdict == SUPPORTED and (r.n_a, r.failed_a) == (3, 1)
+    assert (r.diff, r.ci_low, r.ci_high) == pytest.approx((diff, low, high))
+    assert any("1 run(s) of a" in n and "not used" in n for n in r.notes)
+
+
+def test_unfinished_runs_are_left_out_without_counting_as_failed():
+    r = paired_test([0.62, 0.55, 0.70, None], [0.58, 0.50, 0.67, 0.6])
+    assert (r.n_a, r.failed_a, r.failed_b, r.verdict) == (3, 0, 0, SUPPORTED)
+
+
+def test_identical_differences_give_a_zero_width_interval():
+    r = paired_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert (r.diff, r.ci_low, r.ci_high, r.verdict) == (0, 0, 0, INCONCLUSIVE)
+
+
+# --- V1 and the report's words --------------------------------------------------------------------
+
+
+def test_find_v1_on_plain_configs():
+    base = {"model.arch": "deep", "loss.distance": "squared", "loss.lamda": 1.0}
+    v11 = {**base, "loss.distance": "sqrt"}
+    v12 = {**v11, "model.arch": "shallow"}
+    assert claims.find_v1([v12, base, v11]) == {"V1.0": 1, "V1.1": 2, "V1.2": 0}
+    assert claims.find_v1([base, v11, {**v12, "loss.lamda": 0.5}]) is None
+
+
+def test_judge_pairs_by_seed_and_reports_unpaired_seeds():
+    a = claims.Arm("V1.0", {0: 0.62, 1: 0.55, 2: 0.70, 3: 0.9})
+    b = claims.Arm("V1.1", {0: 0.58, 1: 0.50, 2: 0.67, 3: None})
+    cr = claims.judge(claims.CLAIMS[0], a, b)
+    assert cr.result.n_a == 3 and cr.result.verdict == SUPPORTED
+    assert any("seed(s) 3" in n for n in cr.result.notes)
+    data = cr.to_json()
+    assert {
+        "id",
+        "verdict",
+        "metric",
+        "test",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "n_a",
+        "n_b",
+        "failed_a",
+        "failed_b",
+    } <= set(data)
+
+
+def test_coverage_says_pipeline_check_and_checks_the_lamda_scaling():
+    text = " ".join(claims.coverage_markdown(90, 64, 0.25))
+    assert "1.3% of the recipe's 7,050" in text and "pipeline check, not a test of the claims" in text
+    assert "acts like" not in text
+    assert "acts like lamda 4 at the recipe's batch 256" in " ".join(claims.coverage_markdown(90, 64, 1.0))
+    full = " ".join(claims.coverage_markdown(7050, 256, 1.0))
+    assert "100.0%" in full and "pipeline check" not in full
+
+
+def test_thresholds_are_explained_by_the_accuracy_scale():
+    assert claims.threshold_rationale([0.325, 0.55]) == (
+        "0.325 = chance + 25% of the way from chance to 1; 0.55 = chance + 50% of the way from chance to 1"
+    )

@@ -1,0 +1,226 @@
+"""reproduce --launcher: parallel local processes and submitit's local jobs train the same runs as the
+sequential path, record launcher.json, report a failed run with its log and skip a busy one."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from centerexp import launch
+from centerexp.cli import app
+from centerexp.errors import CenterexpError
+from centerexp.launch import LaunchOptions, Outcome
+from centerexp.reproduce import RunSpec, reproduce
+from centerexp.runs import RunLock, read_json, read_metrics, write_json
+from centerexp.schema import TIMING_COLUMNS
+
+TINY = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=1"]
+NAMES = ["v1_0_s0", "v1_1_s0", "v1_2_s0"]
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, mnist_root) -> Path:
+    """The reference: the three tiny runs trained one after another in this process."""
+    runs = tmp_path_factory.mktemp("sequential")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CENTEREXP_DATA", str(mnist_root))
+        reproduce("quick", seeds=1, runs_dir=runs, progress=False, extra=TINY, echo=quiet)
+    return runs
+
+
+def metrics_without_timing(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in read_metrics(run_dir / "metrics.csv")]
+
+
+def assert_same_runs(runs: Path, reference: Path, names=NAMES) -> None:
+    for name in names:
+        assert read_json(runs / name / "summary.json")["status"] == "completed", name
+        got, want = metrics_without_timing(runs / name), metrics_without_timing(reference / name)
+        assert got == want and len(got) == 1, name
+
+
+def break_run(source: Path, target: Path) -> None:
+    """A copy of a finished run that cannot be resumed: its checkpoint is damaged."""
+    shutil.copytree(source, target)
+    (target / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    summary = read_json(target / "summary.json")
+    write_json(target / "summary.json", {**summary, "status": "interrupted"})
+
+
+def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
+    out = []
+    reproduce("quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2, poll_s=0.2))
+    assert_same_runs(tmp_path, sequential)
+    assert (tmp_path / "report.md").is_file()
+    for name in NAMES:
+        record = read_json(tmp_path / name / "launcher.json")
+        assert (
+            record["launcher"] == "local" and record["state"] == "completed" and record["job_id"].startswith("local-")
+        )
+        log = Path(record["log"])
+        assert log.parent == tmp_path / "logs" and f"{name}: completed after 1 epochs" in log.read_text()
+    assert sum(": completed (job local-" in line for line in out) == 3
+    threads = {read_json(tmp_path / name / "env.json")["threads"] for name in NAMES}
+    assert threads == {max(1, launch.cpu_count() // 2)}  # each of the 2 jobs got half the CPU threads
+
+    out.clear()  # a second call finds everything done and starts no process
+    reproduce("quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2))
+    assert sum("already completed, kept" in line for line in out) == 3
+
+
+def test_local_failure_is_reported_with_its_log_and_a_busy_run_is_skipped(tmp_path, sequential):
+    """v1_0_s0 trains; v1_1_s0 cannot be resumed (fails); v1_2_s0 is held by another process (skipped)."""
+    break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
+    shutil.copytree(sequential / "v1_2_s0", tmp_path / "v1_2_s0")
+    write_json(
+        tmp_path / "v1_2_s0" / "summary.json",
+        {**read_json(sequential / "v1_2_s0" / "summary.json"), "status": "interrupted"},
+    )
+    before = (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes()
+    out = []
+    with RunLock(tmp_path / "v1_2_s0"), pytest.raises(CenterexpError) as e:
+        reproduce(
+            "quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2, poll_s=0.2)
+        )
+    message = str(e.value)
+    assert "2 of 3 runs did not finish" in message
+    log = tmp_path / "logs" / "v1_1_s0.log"
+    assert "v1_1_s0: failed (exit status 1: " in message and f"log: {log}" in message
+    assert "cannot be read" in log.read_text()
+    assert "v1_2_s0: skipped, " in message and "being trained by another process" in message
+    assert (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes() == before  # not touched
+    assert_same_runs(tmp_path, sequential, ["v1_0_s0"])  # the good run is not dropped
+    assert (tmp_path / "report.md").is_file()
+    record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
+    assert record["state"] == "failed" and "cannot be read" in record["error"] and record["log"] == str(log)
+
+
+def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, sequential):
+    break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
+    out = []
+    with pytest.raises(CenterexpError, match="1 of 3 runs did not finish") as e:
+        reproduce(
+            "quick",
+            1,
+            tmp_path,
+            False,
+            TINY,
+            echo=out.append,
+            launcher=LaunchOptions("submitit-local", jobs=2, poll_s=0.2),
+        )
+    assert_same_runs(tmp_path, sequential, ["v1_0_s0", "v1_2_s0"])
+    record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
+    assert record["launcher"] == "submitit-local" and record["state"] == "failed"
+    err = Path(record["stderr"])
+    assert err.is_file() and "cannot be read" in err.read_text()  # submitit's log has the traceback
+    assert f"v1_1_s0: failed (job {record['job_id']}: " in str(e.value) and f"log: {err}" in str(e.value)
+    for name in ("v1_0_s0", "v1_2_s0"):
+        record = read_json(tmp_path / name / "launcher.json")
+        assert record["state"] == "completed" and Path(record["log"]).is_file()
+    assert (tmp_path / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces, without training
+
+
+def test_options_are_checked():
+    with pytest.raises(CenterexpError, match="unknown launcher 'pbs'"):
+        LaunchOptions("pbs").check()
+    with pytest.raises(CenterexpError, match="--jobs must be >= 1"):
+        LaunchOptions("local", jobs=0).check()
+    with pytest.raises(CenterexpError, match="--partition, --cpus-per-job: only with --launcher slurm"):
+        LaunchOptions("local", partition="gpu", cpus_per_job=2).check()
+    with pytest.raises(CenterexpError, match="expected KEY=VALUE"):
+        LaunchOptions("slurm", sbatch=("qos",)).check()
+    assert LaunchOptions("local").in_process and not LaunchOptions("local", jobs=2).in_process
+
+
+def test_cli_rejects_a_bad_launcher_before_planning_runs(tmp_path):
+    result = CliRunner().invoke(app, ["reproduce", "--launcher", "pbs", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown launcher 'pbs'" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_spec_travels_as_json():
+    spec = RunSpec(Path("/c/v1_0.yaml"), ("a=1", "train.seed=0"), Path("/r/v1_0_s0"), "new", "centerexp reproduce")
+    assert launch.spec_from_json(launch.spec_to_json(spec)) == spec
+
+
+def test_worker_env_splits_cpus_and_hands_out_gpus(monkeypatch):
+    monkeypatch.setattr(launch, "cpu_count", lambda: 16)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    env = launch.worker_env(slot=1, jobs=4, devices=[])
+    assert env["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in env
+    assert "CUDA_VISIBLE_DEVICES" not in launch.worker_env(0, 2, ["0"])  # one GPU: shared, left as it is
+    assert [launch.worker_env(s, 3, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["0", "1", "0"]
+    assert launch.worker_env(0, 32, [])["OMP_NUM_THREADS"] == "1"
+
+
+def test_parse_squeue():
+    text = "123_0|RUNNING\n123_1|PENDING\n124|COMPLETED\n\n"
+    assert launch.parse_squeue(text) == {"123_0": "RUNNING", "123_1": "PENDING", "124": "COMPLETED"}
+
+
+class FakePaths:
+    def __init__(self, folder: Path):
+        self.result_pickle = folder / "result.pkl"
+        self.stdout = folder / "log.out"
+        self.stderr = folder / "log.err"
+
+
+class FakeJob:
+    def __init__(self, folder: Path, job_id="77_1"):
+        self.job_id = job_id
+        self.paths = FakePaths(folder)
+
+
+def test_slurm_job_outcomes(tmp_path, monkeypatch):
+    spec = RunSpec(Path("c.yaml"), (), tmp_path / "v1_0_s0", "new", "")
+    job = FakeJob(tmp_path)
+    now = time.monotonic()
+    assert launch._job_outcome(spec, job, "PENDING", now, slurm=True) is None
+    job.paths.stderr.write_text("srun: error: task 0: Terminated\n")
+    cancelled = launch._job_outcome(spec, job, "CANCELLED", now, slurm=True)
+    assert cancelled.status == "failed" and "ended CANCELLED without a result: srun: error" in cancelled.error
+    assert cancelled.log == job.paths.stderr
+    assert launch._job_outcome(spec, job, None, now, slurm=True) is None  # not in squeue yet: wait
+    lost = launch._job_outcome(spec, job, None, now - launch.LOST_AFTER_S - 1, slurm=True)
+    assert lost.status == "failed" and "LOST" in lost.error
+
+    import cloudpickle
+
+    job.paths.result_pickle.write_bytes(cloudpickle.dumps(("success", {"status": "completed"})))
+    assert launch._job_outcome(spec, job, "RUNNING", now, slurm=True) is None  # requeued: the old result is stale
+    assert launch._job_outcome(spec, job, "COMPLETED", now, slurm=True).status == "completed"
+    job.paths.result_pickle.write_bytes(cloudpickle.dumps(("success", {"status": "busy", "error": "held by pid 9"})))
+    assert launch._job_outcome(spec, job, None, now, slurm=True).describe() == "v1_0_s0: skipped, held by pid 9"
+    trace = "Traceback (most recent call last):\n  ...\ncenterexp.errors.CenterexpError: disk full\n"
+    job.paths.result_pickle.write_bytes(cloudpickle.dumps(("error", trace)))
+    failed = launch._job_outcome(spec, job, "FAILED", now, slurm=True)
+    assert failed.error == "job 77_1: centerexp.errors.CenterexpError: disk full"
+
+
+def test_outcome_describe():
+    assert Outcome("a", "failed", "9", Path("l.err"), "boom").describe() == "a: failed (boom); log: l.err"
+
+
+def test_launcher_json_keeps_earlier_attempts(tmp_path):
+    spec = RunSpec(Path("c.yaml"), (), tmp_path / "v1_0_s0", "unfinished", "")
+    spec.run_dir.mkdir()
+    for job_id in ("1_0", "2_0"):
+        sweep = launch.Sweep([spec], "slurm", False, quiet)
+        sweep.submitted(spec, job_id, tmp_path / f"{job_id}.out", tmp_path / f"{job_id}.err")
+        sweep.set_state(spec, "running")
+        sweep.finish(spec, Outcome(spec.name, "failed", error="CANCELLED"))
+        sweep.close()
+    record = json.loads((spec.run_dir / "launcher.json").read_text())
+    assert record["job_id"] == "2_0" and record["state"] == "failed"
+    assert [p["job_id"] for p in record["previous"]] == ["1_0"] and record["previous"][0]["state"] == "failed"

@@ -1,0 +1,100 @@
+"""Runtime: train.precision auto decides by measurement, cached per machine; bf16 steps on CPU."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from centerexp import precision
+from centerexp.config import Config
+from centerexp.runtime import Runtime
+
+
+def measured(fp32: float, bf16: float):
+    calls = []
+
+    def measure(cfg, device, channels_last):
+        calls.append(cfg.model.arch)
+        return {"fp32": fp32, "bf16": bf16}
+
+    return measure, calls
+
+
+def auto_config(tmp_path, arch="deep") -> Config:
+    cfg = Config()
+    cfg.data.root, cfg.model.arch, cfg.train.device = str(tmp_path), arch, "cpu"
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "fp32, bf16, chosen", [(40.0, 90.0, "bf16"), (40.0, 47.0, "fp32"), (40.0, 48.0, "bf16"), (60.0, 39.0, "fp32")]
+)
+def test_auto_picks_bf16_only_when_measured_at_least_1_2x_faster(tmp_path, fp32, bf16, chosen):
+    measure, calls = measured(fp32, bf16)
+    rt = Runtime.from_config(auto_config(tmp_path), measure=measure)
+    assert rt.precision == chosen and calls == ["deep"]
+    assert rt.precision_choice["images_per_second"] == {"fp32": fp32, "bf16": bf16}
+    assert rt.precision_choice["chosen"] == chosen and rt.precision_choice["cached"] is False
+
+
+def test_the_measurement_is_cached_and_remeasured_for_another_torch(tmp_path, monkeypatch):
+    measure, calls = measured(40.0, 90.0)
+    Runtime.from_config(auto_config(tmp_path), measure=measure)
+    again = Runtime.from_config(auto_config(tmp_path), measure=measure)
+    assert calls == ["deep"] and again.precision_choice["cached"] is True and again.precision == "bf16"
+    Runtime.from_config(auto_config(tmp_path, "shallow"), measure=measure)  # another model: its own entry
+    assert calls == ["deep", "shallow"]
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    slower, calls2 = measured(40.0, 41.0)
+    rt = Runtime.from_config(auto_config(tmp_path), measure=slower)
+    assert calls2 == ["deep"] and rt.precision == "fp32" and rt.precision_choice["cached"] is False
+    cache = json.loads((tmp_path / precision.CACHE_FILE).read_text())
+    assert len(cache) == 3
+    assert sum("9.9.9" in k for k in cache) == 1
+
+
+def test_a_damaged_cache_is_measured_again(tmp_path):
+    (tmp_path / precision.CACHE_FILE).write_text("{not json")
+    measure, calls = measured(40.0, 30.0)
+    assert Runtime.from_config(auto_config(tmp_path), measure=measure).precision == "fp32" and calls == ["deep"]
+
+
+def test_a_set_precision_is_not_measured(tmp_path):
+    measure, calls = measured(40.0, 90.0)
+    cfg = auto_config(tmp_path)
+    cfg.train.precision = "fp32"
+    rt = Runtime.from_config(cfg, measure=measure)
+    assert rt.precision == "fp32" and calls == [] and rt.precision_choice == {"mode": "set in config"}
+
+
+def test_the_real_measurement_returns_two_positive_rates():
+    cfg = Config()
+    cfg.model.arch = "linear"
+    rates = precision.measure_step_rates(cfg, torch.device("cpu"), channels_last=False)
+    assert set(rates) == {"fp32", "bf16"} and all(r > 0 for r in rates.values())
+
+
+def test_a_bf16_training_step_on_cpu_is_finite():
+    from centerexp.data import Split
+    from centerexp.train import build_parts, train_one_epoch
+
+    cfg = Config()
+    cfg.model.arch, cfg.train.precision, cfg.train.device, cfg.train.batch_size = "shallow", "bf16", "cpu", 16
+    rt = Runtime.from_config(cfg)
+    torch.manual_seed(0)
+    parts = build_parts(cfg, rt.device, rt.channels_last)
+    split = Split(torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8), torch.arange(32) % 10)
+    out = train_one_epoch(parts, split, cfg, rt, 1)
+    assert all(math.isfinite(out[k]) for k in ("loss", "ce", "center")) and out["steps"] == 2
+    assert out["features"].dtype == torch.float32 and parts.aux_loss.points.dtype == torch.float32
+    assert torch.isfinite(parts.aux_loss.points).all()
+
+
+def test_importing_the_cli_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, centerexp.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
