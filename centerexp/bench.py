@@ -162,7 +162,7 @@ def run_bench(
     echo=print,
     as_json: bool = False,
 ) -> dict:
-    from centerexp.runs import env_info
+    from centerexp.provenance import env_info
 
     device = resolve_device(device_name)
     result = {"steps": steps, "warmup": warmup, "batch_size": BATCH, "models": {}}

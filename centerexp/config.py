@@ -211,10 +211,9 @@ def batch_starts(n: int, batch_size: int) -> list[int]:
     return [s for s in range(0, n, batch_size) if n - s > 1]
 
 
-def steps_per_epoch(cfg: Config) -> int:
-    """Optimizer steps in one epoch of ``cfg`` (the same in every epoch)."""
-    n = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
-    return len(batch_starts(n, cfg.train.batch_size))
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n_train`` images (the same in every epoch)."""
+    return len(batch_starts(n_train, batch_size))
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -31,7 +31,7 @@ PROBE_STEPS = 3  # timed steps per precision, interleaved, after one warm-up ste
 
 def machine_signature(device: torch.device, threads: int) -> dict:
     """What the measurement depends on: CPU model, cores and threads, torch version, architecture."""
-    from centerexp.runs import cpu_model
+    from centerexp.provenance import cpu_model
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {

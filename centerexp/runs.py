@@ -18,9 +18,7 @@ import io
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -230,61 +228,7 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------
-# What produced the numbers: env.json
-
-
-def git_info() -> dict:
-    """Commit and dirty flag of the source tree centerexp runs from (None outside a git checkout)."""
-    src = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def env_info(runtime) -> dict:
-    """Software, machine and runtime choices of this process (``runtime``: a runtime.Runtime)."""
-    import torch
-    import torchvision
-
-    device = runtime.device
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "precision": runtime.precision,
-        "precision_choice": runtime.precision_choice,
-        "channels_last": runtime.channels_last,
-        "deterministic": runtime.deterministic,
-        "cuda": torch.version.cuda,
-        "git": git_info(),
-        "argv": sys.argv,
-    }
+# The run header: config.yaml, command.txt, env.json
 
 
 def now() -> str:

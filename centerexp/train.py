@@ -20,25 +20,25 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from centerexp import plots
-from centerexp.config import Config, batch_starts, diff_configs, dump_config, load_config
+from centerexp.checkpoints import checkpoint_dict, resume_point
+from centerexp.config import Config, batch_starts, dump_config, load_config
 from centerexp.data import Split, data_root, load_mnist, prepare_mnist, to_float
 from centerexp.errors import CenterexpError
 from centerexp.losses import AuxiliaryLoss, build_aux_loss
 from centerexp.models import build_model
+from centerexp.provenance import env_info
 from centerexp.runs import (
     MetricsLog,
     RunLock,
     RunSummary,
     atomic_torch_save,
     create_run_dir,
-    env_info,
     is_run_dir,
     remove_stale_temp_files,
     write_run_header,
 )
-from centerexp.runtime import Runtime, resolve_device, rng_state, seed_everything, set_rng_state
+from centerexp.runtime import Runtime, resolve_device, seed_everything
 
-CHECKPOINT_FORMAT = 1
 NUM_CLASSES = 10
 
 
@@ -227,71 +227,6 @@ def metrics_row(epoch: int, step: int, lr: float, tr: dict, te: dict, times: tup
         "wall_seconds": wall,
         "images_per_second": tr["n"] / (t1 - t0),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_dict(parts: Parts, cfg: Config, epoch: int, wall_seconds: float) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "config": cfg.to_dict(),
-        "model": parts.model.state_dict(),
-        "center_loss": parts.aux_loss.state_dict(),  # key kept from format 1: old checkpoints still load
-        "optimizer": parts.optimizer.state_dict(),
-        "center_optimizer": parts.aux_optimizer.state_dict() if parts.aux_optimizer else None,
-        "scheduler": parts.scheduler.state_dict(),
-        "rng": rng_state(parts.shuffle),
-        "wall_seconds": wall_seconds,
-    }
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load with weights_only=True; a truncated or foreign file is a clear error, not a traceback.
-
-    Everything lands on the CPU: RNG states must stay CPU tensors, and load_state_dict moves
-    model and optimizer tensors to wherever the parameters live.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a damaged zip / pickle
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CenterexpError(f"checkpoint {path} cannot be read (truncated or corrupt?): {first}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CenterexpError(f"checkpoint {path} is not a centerexp checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def restore(parts: Parts, ckpt: dict) -> None:
-    parts.model.load_state_dict(ckpt["model"])
-    parts.aux_loss.load_state_dict(ckpt["center_loss"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    if parts.aux_optimizer is not None:
-        parts.aux_optimizer.load_state_dict(ckpt["center_optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
-    set_rng_state(ckpt["rng"], parts.shuffle)
-
-
-def resume_point(parts: Parts, cfg: Config, ckpt_path: Path, allow_config_change: bool) -> tuple[int, float]:
-    """(epochs already done, wall seconds spent on them), restoring ``parts`` from the checkpoint.
-
-    No checkpoint means no epoch was committed (a kill before the first one was saved): the run
-    restarts from epoch 0, and the caller drops whatever rows metrics.csv holds.
-    """
-    if not ckpt_path.exists():
-        return 0, 0.0
-    ckpt = load_checkpoint(ckpt_path)
-    changed = diff_configs(ckpt["config"], cfg.to_dict())
-    if changed and not allow_config_change:
-        raise CenterexpError(
-            f"{ckpt_path.parent.parent}: config differs from the checkpoint's in {', '.join(changed)}; "
-            "pass --allow-config-change to resume anyway",
-            exit_code=2,
-        )
-    restore(parts, ckpt)
-    return ckpt["epoch"], ckpt["wall_seconds"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,3 +50,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes, to prove nothing was changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    """A run's metrics.csv rows without the wall-clock columns: what must match between reruns."""
+    from centerexp.runs import read_metrics
+    from centerexp.schema import TIMING_COLUMNS
+
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_metrics(Path(run) / "metrics.csv")]

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from centerexp.runs import TIMING_COLUMNS, RunBusy, RunLock, is_run_dir, read_metrics
+from centerexp.runs import RunBusy, RunLock, is_run_dir, read_metrics
 from centerexp.train import resume_run, start_run
 
-from .conftest import write_config
+from .conftest import metrics_without_timing, write_config
 
 LINEAR = {
     "train": {"epochs": 3, "batch_size": 64, "threads": 1, "precision": "fp32"},
@@ -33,10 +33,6 @@ CONV = {
     "data": {"train_subset": 32, "test_subset": 16},
     "plot": {"max_points": 50, "gif": False},
 }
-
-
-def metrics_without_timing(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_metrics(run / "metrics.csv")]
 
 
 def in_child(body, kill_after: float | None = None, timeout: float = 120) -> int:

@@ -13,9 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.runs import TIMING_COLUMNS, read_metrics
 
-from .conftest import run_cli, snapshot, write_config
+from .conftest import metrics_without_timing, run_cli, snapshot, write_config
 
 runner = CliRunner()
 # baseline on 2,048 train / 1,024 test images, batch 256: 8 training steps per epoch, then the
@@ -26,11 +25,6 @@ CALLS_PER_EPOCH = 12
 
 def cli(*args):
     return runner.invoke(app, list(args))
-
-
-def metrics_without_timing(run):
-    rows = read_metrics(run / "metrics.csv")
-    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
 
 
 def summary(run):
