@@ -207,6 +207,23 @@ def reproduce(
 
 @app.command()
 @guarded
+def parity(
+    config: Path = typer.Argument(Path("configs/v1_0.yaml"), help="The config to train in fp32 and in bf16."),
+    seeds: int = typer.Option(5, "--seeds", help="Paired seeds (0, 1, ...); 3 at least for an interval."),
+    runs_dir: Path = typer.Option(Path("runs/parity"), "--runs-dir", help="Where the runs and parity.json go."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """bf16 vs fp32 on the same config and seeds: paired differences with 95% CIs (parity.json)."""
+    from centerexp.parity import parity as run_parity
+
+    if seeds < 1:
+        raise CenterexpError(f"--seeds must be >= 1, got {seeds}", 2)
+    run_parity(config, seeds, runs_dir, list(set_), False if quiet else None, typer.echo)
+
+
+@app.command()
+@guarded
 def bench(
     arch: List[str] = typer.Option(["deep", "shallow"], "--arch", help="Models to time (repeatable)."),
     steps: int = typer.Option(6, "--steps", help="Timed steps of batch 256 per measurement."),

@@ -98,3 +98,30 @@ def test_importing_the_cli_does_not_import_torch():
     code = "import sys, centerexp.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path):
+    from scipy import stats
+
+    from centerexp.parity import parity
+    from centerexp.runs import metrics_columns
+
+    from .conftest import CONFIGS
+
+    tiny = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=2", "plot.gif=false"]
+    lines = []
+    result = parity(CONFIGS / "baseline.yaml", 3, tmp_path, tiny, progress=False, echo=lines.append)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert names == [f"baseline_{p}_s{s}" for p in ("bf16", "fp32") for s in range(3)]
+    final = {
+        p: [metrics_columns(tmp_path / f"baseline_{p}_s{s}/metrics.csv")["test_acc"][-1] for s in range(3)]
+        for p in ("bf16", "fp32")
+    }
+    m = result["metrics"]["final_acc"]
+    diffs = [b - f for b, f in zip(final["bf16"], final["fp32"])]
+    assert m["n"] == 3 and m["diff_bf16_minus_fp32"] == pytest.approx(sum(diffs) / 3)
+    if len(set(diffs)) > 1:  # scipy's interval (it has none when all differences are equal)
+        ci = stats.ttest_rel(final["bf16"], final["fp32"]).confidence_interval(0.95)
+        assert m["ci_low"] == pytest.approx(ci.low) and m["ci_high"] == pytest.approx(ci.high)
+    assert json.loads((tmp_path / "parity.json").read_text())["metrics"]["final_acc"]["n"] == 3
+    assert "95% CI" in lines[-1] and "paired t, n=3" in lines[-1]

@@ -1,0 +1,105 @@
+"""`centerexp parity`: does bf16 train like fp32? The same config and seeds in both, compared in pairs.
+
+With the same ``train.seed`` the two runs of a pair start from the same weights and centers and
+see the same batches; only the arithmetic differs. So the per-seed difference (bf16 - fp32) is
+the unit, and its mean gets a paired t 95% interval (``claims.paired_test``), for the primary
+metric of the claims (area under test accuracy vs step) and for the final test accuracy. An
+interval that contains 0 bounds the difference; it does not prove there is none.
+
+The default profile is the quick profile's dynamics (batch 64 with lamda scaled to 0.25) at twice
+its length: 1,920 images x 6 epochs = 180 steps, 2.6% of the full recipe. It says nothing about
+the last epochs of a full run, where accuracy differences of a few tenths of a point would matter.
+"""
+
+import statistics
+from pathlib import Path
+
+from centerexp import claims
+from centerexp.reproduce import RunSpec, config_dir, train_sequentially
+from centerexp.runs import is_run_dir, metrics_columns, read_json, write_json
+
+PRECISIONS = ("fp32", "bf16")
+PROFILE = [
+    "train.epochs=6",
+    "train.batch_size=64",
+    "loss.lamda=0.25",
+    "data.train_subset=1920",
+    "data.test_subset=500",
+    "data.subset_mode=random",
+]
+
+
+def parity_specs(config: Path, seeds: int, runs_dir: Path, extra: list[str]) -> list[RunSpec]:
+    specs = []
+    for seed in range(seeds):
+        for precision in PRECISIONS:
+            run_dir = Path(runs_dir) / f"{Path(config).stem}_{precision}_s{seed}"
+            overrides = (*PROFILE, *extra, f"train.precision={precision}", f"train.seed={seed}")
+            state = "new"
+            if is_run_dir(run_dir):
+                done = read_json(run_dir / "summary.json").get("status") == "completed"
+                state = "completed" if done else "unfinished"
+            specs.append(RunSpec(Path(config), overrides, run_dir, state, "centerexp parity"))
+    return specs
+
+
+def run_figures(run_dir: Path) -> dict:
+    """AUC of test accuracy vs step, final test accuracy and training seconds per epoch (NaN if failed)."""
+    if read_json(run_dir / "summary.json").get("status") != "completed":
+        return {"auc": float("nan"), "final_acc": float("nan"), "train_s": float("nan")}
+    m = metrics_columns(run_dir / "metrics.csv")
+    return {
+        "auc": claims.accuracy_auc(m["step"], m["test_acc"]),
+        "final_acc": m["test_acc"][-1],
+        "train_s": statistics.fmean(m["train_seconds"]),
+    }
+
+
+def parity(
+    config: Path = config_dir() / "v1_0.yaml",
+    seeds: int = 5,
+    runs_dir: Path = Path("runs/parity"),
+    extra: list[str] = (),
+    progress=None,
+    echo=print,
+) -> dict:
+    """Train the missing runs, then compare bf16 with fp32 seed by seed; writes parity.json."""
+    specs = parity_specs(config, seeds, runs_dir, list(extra))
+    train_sequentially(specs, progress, echo)
+    figures = {p: [run_figures(s.run_dir) for s in specs if f"train.precision={p}" in s.overrides] for p in PRECISIONS}
+    result = {"config": str(config), "profile": PROFILE + list(extra), "seeds": seeds, "metrics": {}}
+    for key, name in (("auc", claims.PRIMARY_NAME), ("final_acc", "final test accuracy")):
+        t = claims.paired_test([f[key] for f in figures["bf16"]], [f[key] for f in figures["fp32"]])
+        result["metrics"][key] = {
+            "name": name,
+            "diff_bf16_minus_fp32": t.diff,
+            "ci_low": t.ci_low,
+            "ci_high": t.ci_high,
+            "n": t.n_a,
+            "failed_bf16": t.failed_a,
+            "failed_fp32": t.failed_b,
+            "mean_bf16": t.mean_a,
+            "mean_fp32": t.mean_b,
+        }
+    speed = [f32["train_s"] / bf["train_s"] for f32, bf in zip(figures["fp32"], figures["bf16"])]
+    result["per_seed"] = figures
+    result["bf16_speedup"] = statistics.fmean(speed) if speed else float("nan")
+    write_json(Path(runs_dir) / "parity.json", result)
+    echo(format_parity(result))
+    return result
+
+
+def format_parity(r: dict) -> str:
+    lines = [f"bf16 vs fp32, {r['config']}, {r['seeds']} paired seeds, {' '.join(r['profile'])}"]
+    for m in r["metrics"].values():
+        lines.append(
+            f"  {m['name']}: bf16 {m['mean_bf16']:.4f}, fp32 {m['mean_fp32']:.4f}, difference "
+            f"{m['diff_bf16_minus_fp32']:+.4f}, 95% CI [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] (paired t, n={m['n']}"
+            + (
+                f", failed: bf16 {m['failed_bf16']}, fp32 {m['failed_fp32']})"
+                if m["failed_bf16"] + m["failed_fp32"]
+                else ")"
+            )
+        )
+    lines.append(f"  training time per epoch, fp32 / bf16: {r['bf16_speedup']:.2f}x")
+    return "\n".join(lines)
