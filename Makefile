@@ -7,10 +7,10 @@ TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
 PROFILE ?= full
-SEEDS ?= 3
+SEEDS ?= $(if $(filter quick,$(PROFILE)),3,5)  # full: 5 seeds (cheap on a GPU), quick: 3
 RUNS ?= runs
 
-.PHONY: install test test-slurm lint format reproduce bench clean
+.PHONY: install test test-slurm lint format reproduce bench parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,12 +38,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Train V1.0, V1.1, V1.2 with SEEDS seeds each, then compare: runs/reproduce/report.md
+# Train V1.0, V1.1, V1.2 with SEEDS seeds each (default 5 for PROFILE=full, 3 for quick), then compare: runs/reproduce/report.md
 reproduce: install
 	$(BIN)/centerexp reproduce --profile $(PROFILE) --seeds $(SEEDS) --runs-dir $(RUNS)/reproduce
 
 bench: install
 	$(BIN)/centerexp bench
+
+# bf16 vs fp32 on V1.0, paired seeds: runs/parity/parity.json
+parity: install
+	$(BIN)/centerexp parity configs/v1_0.yaml --seeds $(SEEDS) --runs-dir $(RUNS)/parity -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -25,12 +25,12 @@ from centerexp.config import Config, ModelConfig, load_config
 from centerexp.data import Split, data_root, load_mnist, prepare_mnist
 from centerexp.losses import CenterLoss
 from centerexp.models import build_model
+from centerexp.reproduce import DEFAULT_SEEDS as REPRODUCE_SEEDS
 from centerexp.runtime import Runtime, resolve_device
 from centerexp.train import build_parts, evaluate, train_one_epoch
 
 BATCH = 256
 PRECISIONS = ("fp32", "bf16")
-REPRODUCE_SEEDS = {"quick": 3, "full": 5}  # the default --seeds of each profile
 
 
 def sync(device: torch.device) -> None:

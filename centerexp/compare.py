@@ -5,7 +5,7 @@ split groups) differ only in ``train.seed`` form a group. Completed runs of a gr
 as mean ± sample std over seeds; failed and unfinished runs are shown on rows of their own, right
 after their group, and never averaged. Values a run lacks (an older or newer run format) show as
 "—". When the runs hold the V1.0 / V1.1 / V1.2 triple, the claims of ``centerexp.claims`` are
-judged and written to claims.json as well.
+judged and written to claims.json as well. ``centerexp.report`` writes report.md and the figures.
 """
 
 import csv
@@ -18,18 +18,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from centerexp import claims
+from centerexp import claims, report
+from centerexp.claims import finite
 from centerexp.config import flatten, read_run_config
 from centerexp.errors import CenterexpError
 from centerexp.runs import atomic_write_text, is_run_dir, metrics_columns, read_json
-from centerexp.schema import BY_NAME, MISSING
+from centerexp.schema import BY_NAME, TABLE_COLUMNS
 
 DEFAULT_THRESHOLDS = (0.98, 0.99)
 GROUP_KEY_IGNORED = {"train.seed"}
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+# what compare writes: skipped without a warning when a glob over a report's folder passes them
+COMPARE_OUTPUTS = {"report.md", "compare.csv", "claims.json", *report.FIGURE_FILES}
 
 
 @dataclass
@@ -47,10 +46,6 @@ class Run:
         return self.summary.get("status", "unknown")
 
     @property
-    def finished(self) -> bool:
-        return self.status == "completed"
-
-    @property
     def rows(self) -> int:
         return max((len(v) for v in self.metrics.values()), default=0)
 
@@ -63,20 +58,20 @@ class Run:
     def steps(self) -> list[float]:
         """Cumulative optimizer steps at each row: the ``step`` column, or derived from the config."""
         epochs = self.column("epoch")
-        epochs = [e if _finite(e) else i + 1 for i, e in enumerate(epochs)]
+        epochs = [e if finite(e) else i + 1 for i, e in enumerate(epochs)]
         derived = claims.steps_from_config(
             epochs, self.config.get("data.train_subset"), self.config.get("train.batch_size", 256)
         )
-        return [s if _finite(s) else d for s, d in zip(self.column("step"), derived)]
+        return [s if finite(s) else d for s, d in zip(self.column("step"), derived)]
 
     @property
     def outcome(self) -> str:
         """completed | failed (stopped with an error, or non-finite values) | unfinished (running, interrupted)."""
         if self.status == "failed":
             return "failed"
-        if self.finished:
+        if self.status == "completed":
             present = [v for c in ("test_acc", "train_loss") if c in self.metrics for v in self.metrics[c]]
-            return "completed" if all(map(_finite, present)) else "failed"
+            return "completed" if all(map(finite, present)) else "failed"
         return "unfinished"
 
 
@@ -106,27 +101,20 @@ def load_runs(paths: list[Path], warn=None) -> list[Run]:
 # --- per-run figures -----------------------------------------------------------------------
 
 
-def _last(values: list[float]) -> float:
-    return values[-1] if values else math.nan
-
-
 def run_figures(run: Run, thresholds) -> dict:
     """The numbers the table and the claims use, from one run's metrics (NaN where it lacks a column)."""
     steps, acc = run.steps, run.column("test_acc")
     if not steps:
         return {"epochs_done": 0, "steps_done": math.nan}
     wall, test_ce, compactness = run.column("wall_seconds"), run.column("test_ce"), run.column("compactness")
-    seconds = [v for v in run.column("epoch_seconds") if _finite(v)]
+    seconds = [v for v in run.column("epoch_seconds") if finite(v)]
     figures = {
         "epochs_done": len(steps),
         "steps_done": steps[-1],
         claims.PRIMARY: claims.accuracy_auc(steps, acc),
         "final_test_acc": acc[-1],
-        "best_test_acc": max((a for a in acc if _finite(a)), default=math.nan),
-        "final_test_ce": test_ce[-1],
-        "intra_dist": _last(run.column("intra_dist")),
-        "center_dist": _last(run.column("center_dist")),
-        "compactness": compactness[-1],
+        "best_test_acc": max((a for a in acc if finite(a)), default=math.nan),
+        **{f"final_{c.name}": run.column(c.name)[-1] for c in TABLE_COLUMNS},
         "sec_per_epoch": statistics.fmean(seconds) if seconds else math.nan,
         "wall_seconds": wall[-1],
     }
@@ -141,10 +129,6 @@ def run_figures(run: Run, thresholds) -> dict:
 
 
 # --- grouping ------------------------------------------------------------------------------
-
-
-def _config_key(run: Run) -> dict:
-    return {k: v for k, v in run.config.items() if k not in GROUP_KEY_IGNORED}
 
 
 @dataclass
@@ -163,10 +147,6 @@ class Group:
         return [r for r in self.runs if r.outcome != "completed"]
 
     @property
-    def failed(self) -> list[Run]:
-        return [r for r in self.runs if r.outcome == "failed"]
-
-    @property
     def label(self) -> str:
         names = [r.name for r in (self.completed or self.runs)]
         if len(names) == 1:
@@ -178,9 +158,6 @@ class Group:
     def n(self) -> int:
         return len(self.completed)
 
-    def values(self, key: str) -> list:
-        return [r.figures.get(key) for r in self.completed]
-
     def mean_curve(self, column: str) -> tuple[list[float], list[float], list[float], list[float]] | None:
         """(steps, mean, min, max) of ``column`` over the completed runs, on the steps all of them
         cover; None when a run lacks the column."""
@@ -189,7 +166,7 @@ class Group:
             return None
         n = min(r.rows for r in runs)
         cols = [r.column(column)[:n] for r in runs]
-        if not n or not all(_finite(v) for col in cols for v in col):
+        if not n or not all(finite(v) for col in cols for v in col):
             return None
         return (
             runs[0].steps[:n],
@@ -204,7 +181,7 @@ def group_runs(runs: list[Run], thresholds) -> list[Group]:
     groups: list[Group] = []
     for run in runs:
         run.figures = run_figures(run, thresholds)
-        key = _config_key(run)
+        key = {k: v for k, v in run.config.items() if k not in GROUP_KEY_IGNORED}
         group = next((g for g in groups if g.config == key), None)
         if group is None:
             groups.append(Group(key, [run]))
@@ -234,8 +211,8 @@ def _threshold_cells(runs: list[Run], t: float) -> list[str]:
     step_end = max((r.figures.get("steps_done", math.nan) for r in runs), default=math.nan)
     # seconds: runs end at different times, so "> the earliest end of a run that never got there"
     censored_ends = [r.figures.get("wall_seconds") for r, s in zip(runs, seconds) if s is None]
-    second_end = min((e for e in censored_ends if _finite(e)), default=math.nan)
-    return [claims.censored_cell(steps, step_end, 6), claims.censored_cell(seconds, second_end, 4)]
+    second_end = min((e for e in censored_ends if finite(e)), default=math.nan)
+    return [report.censored_cell(steps, step_end, 6), report.censored_cell(seconds, second_end, 4)]
 
 
 def _row_values(runs: list[Run], thresholds) -> list[str]:
@@ -243,25 +220,23 @@ def _row_values(runs: list[Run], thresholds) -> list[str]:
         return [r.figures.get(key, math.nan) for r in runs]
 
     row = [
-        claims.summary_cell(vals("steps_done"), _digits("step")),
-        claims.summary_cell(vals(claims.PRIMARY), 4),
-        claims.summary_cell(vals("final_test_acc"), pct=True),
-        claims.summary_cell(vals("best_test_acc"), pct=True),
-        claims.summary_cell(vals("final_test_ce"), _digits("test_ce")),
+        report.summary_cell(vals("steps_done"), _digits("step")),
+        report.summary_cell(vals(claims.PRIMARY), 4),
+        report.summary_cell(vals("final_test_acc"), pct=True),
+        report.summary_cell(vals("best_test_acc"), pct=True),
     ]
     for t in thresholds:
         row += _threshold_cells(runs, t)
-    for key in ("intra_dist", "center_dist", "compactness"):
-        row.append(claims.summary_cell(vals(key), _digits(key)))
-    row.append(claims.summary_cell(vals("sec_per_epoch"), _digits("epoch_seconds")))
+    row += [report.summary_cell(vals(f"final_{c.name}"), c.digits) for c in TABLE_COLUMNS]
+    row.append(report.summary_cell(vals("sec_per_epoch"), _digits("epoch_seconds")))
     return row
 
 
 def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "n", "status", *keys, "steps", "acc AUC", "final test acc %", "best test acc %", "final test CE"]
+    header = ["run", "n", "status", *keys, "steps", "acc AUC", "final test acc %", "best test acc %"]
     for t in thresholds:
         header += [f"steps to {t:g}", f"s to {t:g}"]
-    header += ["intra dist", "center dist", "intra/center", "s/epoch"]
+    header += [c.table for c in TABLE_COLUMNS] + ["s/epoch"]
     rows = []
     for g in groups:
         if g.completed:
@@ -281,12 +256,6 @@ def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[s
     return header, rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def csv_text(header: list[str], rows: list[list[str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -296,12 +265,6 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 # --- the V1 claims ----------------------------------------------------------------------------
-
-
-def find_v1_groups(groups: list[Group]) -> dict[str, Group] | None:
-    """V1.0 / V1.1 / V1.2 among the groups (see ``claims.find_v1``), or None."""
-    found = claims.find_v1([g.config for g in groups])
-    return {label: groups[i] for label, i in found.items()} if found else None
 
 
 def arm(label: str, group: Group, warn) -> claims.Arm:
@@ -318,108 +281,23 @@ def arm(label: str, group: Group, warn) -> claims.Arm:
             result.failures[seed] = run.summary.get("error") or "non-finite values"
         elif run.outcome == "completed":
             value = run.figures.get(claims.PRIMARY)
-            result.values[seed] = value if _finite(value) else None
+            result.values[seed] = value if finite(value) else None
             result.figures[seed] = run.figures
         else:
             result.values[seed] = None
     return result
 
 
-def judge_v1_groups(v1: dict[str, Group], warn) -> list[claims.ClaimResult]:
-    return claims.judge_v1({label: arm(label, g, warn) for label, g in v1.items()})
-
-
-# --- where the numbers come from -----------------------------------------------------------------
-
-
-def provenance(runs: list[Run]) -> list[str]:
-    """Machine, device, precision, software and commit of the runs, and their total training time."""
-    envs = []
-    for r in runs:
-        try:
-            env = read_json(r.path / "env.json")
-        except (OSError, ValueError):
-            continue
-        envs += [env, *env.get("resumes", [])]  # a resumed run may have continued elsewhere
-
-    def describe(env: dict) -> str:
-        git = env.get("git") or {}
-        commit = f"commit {str(git.get('commit'))[:10]}" + (" (dirty)" if git.get("dirty") else "")
-        device = f"{env.get('device_name')} ({env.get('device', '?')}, {env.get('threads')} threads)"
-        tf32 = (
-            " (cuDNN TF32 convolutions, PyTorch's default on CUDA)"
-            if str(env.get("device", "")).startswith("cuda") and env.get("precision") == "fp32"
-            else ""
-        )
-        return f"{device}, precision {env.get('precision')}{tf32}, torch {env.get('torch')}, {commit}"
-
-    if envs:
-        lines = [f"Produced on: {'; '.join(sorted({describe(e) for e in envs}))}."]
-    else:
-        asked = sorted({f"{r.config.get('train.device')} / {r.config.get('train.precision')}" for r in runs})
-        lines = [f"Device and precision: not recorded (no env.json); the configs ask for {', '.join(asked)}."]
-    total = sum(r.column("wall_seconds")[-1] for r in runs if r.rows and _finite(r.column("wall_seconds")[-1]))
-    lines.append(f"Training wall time of all runs together: {total / 60:.1f} min.")
-    return [" ".join(lines)]
-
-
-# --- figures --------------------------------------------------------------------------------
-
-
-CURVE_FIGURES = (
-    ("accuracy.png", [("test_acc", "test accuracy", False)]),
-    ("cross_entropy.png", [("train_ce", "training cross-entropy", None), ("test_ce", "test cross-entropy", None)]),
-    ("compactness.png", [("compactness", "compactness: intra / center distance (lower = tighter)", None)]),
-)
-
-
-# what compare writes: skipped without a warning when a glob over a report's folder passes them
-COMPARE_OUTPUTS = {"report.md", "compare.csv", "claims.json", "features_grid.png", *(f for f, _ in CURVE_FIGURES)}
-
-
-def plot_curves(groups: list[Group], out: Path) -> list[str]:
-    """Group means against training step, with a min-max band over seeds (completed runs only)."""
-    from centerexp.plots import plot_step_curves
-
-    written = []
-    for filename, panels in CURVE_FIGURES:
-        series = []
-        for g in groups:
-            curves = {column: g.mean_curve(column) for column, _, _ in panels}
-            curves = {k: v for k, v in curves.items() if v is not None}
-            if curves:
-                series.append({"label": f"{g.label} (n={g.n})" if g.n > 1 else g.label, "n": g.n, "curves": curves})
-        if series and plot_step_curves(series, panels, out / filename):
-            written.append(filename)
-    return written
-
-
-def plot_feature_grid(runs: list[Run], out: Path) -> str | None:
-    """The last epoch's test features of every run that kept them (features.pt)."""
-    import torch
-
-    from centerexp.plots import plot_feature_panels
-
-    panels = []
-    for run in runs:
-        if not (run.path / "features.pt").is_file():
-            continue
-        data = torch.load(run.path / "features.pt", weights_only=True)
-        acc = run.figures.get("final_test_acc", math.nan)
-        title = f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}"
-        panels.append((data["features"], data["labels"], data["centers"], title))
-    if not panels:
-        return None
-    plot_feature_panels(panels, out / "features_grid.png", "final test features (2-D) with class centers")
-    return "features_grid.png"
+def judge_v1_groups(groups: list[Group], warn) -> tuple[dict[str, Group] | None, list[claims.ClaimResult]]:
+    """The V1.0 / V1.1 / V1.2 groups (see ``claims.find_v1``) and both claims' verdicts; (None, []) without them."""
+    found = claims.find_v1([g.config for g in groups])
+    if not found:
+        return None, []
+    v1 = {label: groups[i] for label, i in found.items()}
+    return v1, claims.judge_v1({label: arm(label, g, warn) for label, g in v1.items()})
 
 
 # --- the command ----------------------------------------------------------------------------
-
-
-def regenerate_command(paths: list[Path], thresholds) -> str:
-    flags = "".join(f" --threshold {t:g}" for t in thresholds)
-    return f"centerexp compare {' '.join(str(p) for p in paths)}{flags}"
 
 
 def compare(
@@ -439,15 +317,14 @@ def compare(
     thresholds = tuple(sorted(thresholds))
     groups = group_runs(runs, thresholds)
     header, rows = table_rows(groups, differing_keys(runs, all_keys), thresholds)
-    table = markdown_table(header, rows)
+    table = report.markdown_table(header, rows)
     echo(table)
 
-    v1 = find_v1_groups(groups)
-    results = judge_v1_groups(v1, warn) if v1 else []
+    v1, results = judge_v1_groups(groups, warn)
     if results:
         echo("")
         for cr in results:
-            echo(cr.summary_line())
+            echo(report.summary_line(cr))
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -464,54 +341,12 @@ def compare(
         atomic_write_text(claims_path, json.dumps([cr.to_json() for cr in results], indent=2) + "\n")
     elif claims_path.exists():
         claims_path.unlink()  # a stale one from an earlier comparison would answer for these runs
-    figures = plot_curves(groups, out)
-    grid = plot_feature_grid(runs, out)
+    figures = report.plot_curves(groups, out)
+    grid = report.plot_feature_grid(runs, out)
     if grid:
         figures.append(grid)
-    report = report_markdown(runs, table, v1, results, figures, thresholds, regenerate_command(paths, thresholds))
-    atomic_write_text(out / "report.md", report)
+    command = report.regenerate_command(paths, thresholds)
+    text = report.report_markdown(runs, table, v1, results, figures, thresholds, command)
+    atomic_write_text(out / "report.md", text)
     echo(f"\nreport: {out / 'report.md'}")
     return {"groups": groups, "header": header, "rows": rows, "claims": results, "v1": v1}
-
-
-def report_markdown(runs, table, v1, results, figures, thresholds, command) -> str:
-    dropped = sorted({k for r in runs for k in r.dropped_keys})
-    parts = [
-        "# centerexp comparison",
-        "",
-        f"{len(runs)} runs: {', '.join(r.name for r in runs)}.",
-        "",
-        *provenance(runs),
-        "",
-        f"Regenerate this report: `{command}`",
-        "",
-    ]
-    if dropped:
-        parts += [f"Config keys this version does not know were ignored: {', '.join(dropped)}.", ""]
-    parts += [
-        "Rows group completed runs whose configs differ only in `train.seed` (mean ± sample std over seeds, "
-        "n = completed seeds); failed and unfinished runs follow their group on rows of their own and are "
-        f"never averaged. {MISSING}: a value the run's format does not record. steps: optimizer steps trained. "
-        "acc AUC: the primary metric below. final test CE: test cross-entropy after the last epoch. "
-        "'steps to t' / 's to t': optimizer steps and training wall-clock seconds until test accuracy first "
-        "reached t, as a median where a run that never reached t counts as later than every run that did, "
-        "with how many reached it. intra dist: mean distance of a test feature to its class center; center "
-        "dist: mean distance between centers; intra/center: their ratio (lower = tighter, better separated "
-        "clusters). The center loss itself is not compared: squared and sqrt forms are in different units.",
-        "",
-        table,
-        "",
-        *claims.definitions_markdown(thresholds),
-    ]
-    if results:
-        cfg = v1["V1.0"].config
-        batch = cfg.get("train.batch_size")
-        planned = claims.steps_from_config([cfg.get("train.epochs")], cfg.get("data.train_subset"), batch)[0]
-        parts += [
-            "## The V1 experiments' claims",
-            "",
-            *claims.coverage_markdown(planned, batch, cfg.get("loss.lamda"), cfg.get("data.train_subset")),
-            *claims.claims_markdown(results, thresholds),
-        ]
-    parts += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
-    return "\n".join(parts)

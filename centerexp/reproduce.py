@@ -50,6 +50,7 @@ PROFILES = {
     ],
 }
 # chance + 1/4 and + 1/2 of the way from chance (0.1) to 1, chosen before the profile's results
+DEFAULT_SEEDS = {"full": 5, "quick": 3}  # seeds per config: n >= 3 for a verdict; 5 where runs are cheap
 QUICK_THRESHOLDS = (0.325, 0.55)
 
 

@@ -10,20 +10,20 @@ import statistics
 import pytest
 from scipy import stats
 
-from centerexp import claims
+from centerexp import claims, report
 from centerexp.claims import (
     CONTRADICTED,
     INCONCLUSIVE,
     INSUFFICIENT,
     SUPPORTED,
     accuracy_auc,
-    censored_cell,
     censored_median,
     paired_test,
     steps_per_epoch,
     value_at_fraction,
     welch_test,
 )
+from centerexp.report import censored_cell
 
 NAN = math.nan
 
@@ -195,15 +195,15 @@ def test_judge_pairs_by_seed_and_reports_unpaired_seeds():
 
 
 def test_coverage_says_pipeline_check_and_checks_the_lamda_scaling():
-    text = " ".join(claims.coverage_markdown(90, 64, 0.25))
+    text = " ".join(report.coverage_markdown(90, 64, 0.25))
     assert "1.3% of the recipe's 7,050" in text and "pipeline check, not a test of the claims" in text
     assert "acts like" not in text
-    assert "acts like lamda 4 at the recipe's batch 256" in " ".join(claims.coverage_markdown(90, 64, 1.0))
-    full = " ".join(claims.coverage_markdown(7050, 256, 1.0))
+    assert "acts like lamda 4 at the recipe's batch 256" in " ".join(report.coverage_markdown(90, 64, 1.0))
+    full = " ".join(report.coverage_markdown(7050, 256, 1.0))
     assert "100.0%" in full and "pipeline check" not in full
 
 
 def test_thresholds_are_explained_by_the_accuracy_scale():
-    assert claims.threshold_rationale([0.325, 0.55]) == (
+    assert report.threshold_rationale([0.325, 0.55]) == (
         "0.325 = chance + 25% of the way from chance to 1; 0.55 = chance + 50% of the way from chance to 1"
     )
