@@ -182,11 +182,11 @@ def reproduce(
         "local", "--launcher", help="local (this machine), submitit-local (submitit's local jobs) or slurm."
     ),
     jobs: Optional[int] = typer.Option(
-        None, "--jobs", "-j", help="Runs at once [local: 1, in this process; slurm: all]. Each gets 1/N of the CPUs."
+        None, "--jobs", "-j", help="Runs at once (local: 1 = in this process; slurm: all). Each gets 1/N of the CPUs."
     ),
-    partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition [the cluster's default]."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's)."),
     time_min: Optional[int] = typer.Option(
-        None, "--time", help="Minutes per job [slurm: 240]; a job that runs out is requeued and resumes."
+        None, "--time", help="Minutes per job (slurm: 240); a job that runs out is requeued and resumes."
     ),
     gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", help="GPUs per job (slurm, submitit-local)."),
     cpus_per_job: Optional[int] = typer.Option(None, "--cpus-per-job", help="CPUs per job (slurm); sets its threads."),

@@ -86,7 +86,8 @@ class LaunchOptions:
         given = [k for k, v in slurm_only.items() if v is not None and v != ()]
         if given and self.launcher != "slurm":
             names = ", ".join("--" + ("slurm-option" if k == "sbatch" else k.replace("_", "-")) for k in given)
-            raise CenterexpError(f"{names}: only with --launcher slurm", 2)
+            also = " (--gpus-per-job: or submitit-local)" if "gpus_per_job" in given else ""
+            raise CenterexpError(f"{names}: only with --launcher slurm{also}", 2)
         for item in self.sbatch:
             if "=" not in item or not item.split("=", 1)[0]:
                 raise CenterexpError(f"--slurm-option {item!r}: expected KEY=VALUE, e.g. account=myproject", 2)
@@ -134,6 +135,8 @@ def launch(specs: list[RunSpec], options: LaunchOptions, runs_dir: Path, progres
         if busy:
             sweep.finish(spec, Outcome(spec.name, "busy", error=busy))
             todo.remove(spec)
+        elif spec.state == "unfinished":
+            sweep.say(f"{spec.run_dir}: resuming")
     log_dir = Path(runs_dir) / LOG_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -407,8 +410,6 @@ def make_executor(options: LaunchOptions, log_dir: Path, n_jobs: int):
         executor = submitit.LocalExecutor(folder)
         threads = max(1, cpu_count() // (options.jobs or 1))
         params = {"timeout_min": minutes, "setup": [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"]}
-        if options.gpus_per_job is not None:
-            params["gpus_per_node"] = options.gpus_per_job
         executor.update_parameters(**params)
         return executor
     if shutil.which("sbatch") is None:
@@ -438,6 +439,17 @@ def make_executor(options: LaunchOptions, log_dir: Path, n_jobs: int):
     return executor
 
 
+def local_gpu(devices: list[str], in_use: list, gpus_per_job: int | None) -> dict:
+    """GPU parameters of the next submitit-local job. Its LocalExecutor hides every GPU unless told
+    (CUDA_VISIBLE_DEVICES=""): one GPU per job by default, the least used one; N with --gpus-per-job."""
+    if not devices or gpus_per_job == 0:
+        return {"gpus_per_node": 0}
+    ids = [int(d) for d in devices if d.isdigit()] or list(range(len(devices)))  # UUIDs: by index
+    if gpus_per_job not in (None, 1):
+        return {"gpus_per_node": gpus_per_job, "visible_gpus": tuple(ids)}
+    return {"gpus_per_node": 1, "visible_gpus": (min(ids, key=in_use.count),)}
+
+
 def run_submitit(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sweep: Sweep) -> None:
     logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct warnings would drown the progress bar
     executor = make_executor(options, log_dir, len(specs))
@@ -464,11 +476,17 @@ def run_submitit(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sw
     else:
         waiting = deque(specs)
     limit = options.jobs or 1
+    devices = [] if slurm else cuda_devices()
+    gpus: dict[str, int | None] = {}  # submitit-local job id -> the GPU it was given
     try:
         while waiting or jobs:
             while waiting and len(jobs) < limit:  # submitit-local starts a job at once: throttle here
                 spec = waiting.popleft()
-                record(spec, executor.submit(train, spec))
+                gpu = local_gpu(devices, [gpus.get(i) for i in jobs], options.gpus_per_job)
+                executor.update_parameters(**gpu)
+                job = executor.submit(train, spec)
+                gpus[job.job_id] = gpu.get("visible_gpus", (None,))[0]
+                record(spec, job)
             states = slurm_states([j for _, j, _ in jobs.values()]) if slurm else {}
             for job_id, (spec, job, since) in list(jobs.items()):
                 state = states.get(job_id) if slurm else job.state.upper()

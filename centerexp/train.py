@@ -301,6 +301,9 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, allow_config_change:
     except Interrupted as e:
         summary.interrupted(str(e))
         raise Interrupted(f"{e}; resume with: centerexp train --resume {run_dir}", exit_code=e.exit_code) from None
+    except (SystemExit, KeyboardInterrupt) as e:  # e.g. submitit requeueing a preempted job: not a failure
+        summary.interrupted(f"process stopped ({type(e).__name__}); resume with: centerexp train --resume {run_dir}")
+        raise
     except BaseException as e:
         summary.failed(str(e) or type(e).__name__)
         raise

@@ -224,3 +224,11 @@ def test_launcher_json_keeps_earlier_attempts(tmp_path):
     record = json.loads((spec.run_dir / "launcher.json").read_text())
     assert record["job_id"] == "2_0" and record["state"] == "failed"
     assert [p["job_id"] for p in record["previous"]] == ["1_0"] and record["previous"][0]["state"] == "failed"
+
+
+def test_submitit_local_gets_one_gpu_per_job_round_robin():
+    assert launch.local_gpu([], [], None) == {"gpus_per_node": 0}  # CPU: LocalExecutor hides GPUs anyway
+    assert launch.local_gpu(["0", "1"], [0], None) == {"gpus_per_node": 1, "visible_gpus": (1,)}
+    assert launch.local_gpu(["2", "3"], [3, 2, 3], None) == {"gpus_per_node": 1, "visible_gpus": (2,)}
+    assert launch.local_gpu(["0", "1"], [], 2) == {"gpus_per_node": 2, "visible_gpus": (0, 1)}
+    assert launch.local_gpu(["0"], [], 0) == {"gpus_per_node": 0}

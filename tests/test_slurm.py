@@ -56,8 +56,8 @@ def slurm(env, *args: str) -> str:
     return subprocess.run(list(args), env=env, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
-def running_runs(runs: Path, min_epochs: int) -> dict[str, str]:
-    """Run name -> job id, for runs whose job is running and that have finished ``min_epochs``."""
+def running_runs(runs: Path, min_epochs: int, max_epochs: int) -> dict[str, dict]:
+    """Run name -> launcher record, for runs whose job is running, between min and max epochs done."""
     found = {}
     for record_path in sorted(runs.glob("*/launcher.json")):
         run_dir = record_path.parent
@@ -66,9 +66,26 @@ def running_runs(runs: Path, min_epochs: int) -> dict[str, str]:
             epochs = len(read_metrics(run_dir / "metrics.csv"))
         except (OSError, ValueError):
             continue
-        if record.get("state") == "running" and epochs >= min_epochs:
-            found[run_dir.name] = record["job_id"]
+        if record.get("state") == "running" and min_epochs <= epochs <= max_epochs:
+            found[run_dir.name] = record
     return found
+
+
+def send_usr2(env, job_id: str, stderr: Path) -> None:
+    """``scancel --signal=USR2``: what Slurm sends a job before its time limit (submitit's --signal).
+
+    scancel retries while the job is in transition, and submitit requeues the job at once: a retry
+    would hit the requeued job again. So scancel is stopped once the job has caught the signal.
+    """
+    scancel = subprocess.Popen(["scancel", "--signal=USR2", job_id], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "Caught signal SIGUSR2" not in stderr.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"job {job_id} did not get USR2 in 60 s"
+            time.sleep(0.2)
+    finally:
+        scancel.kill()
+        scancel.wait()
 
 
 def metrics_without_timing(run_dir: Path) -> list[dict]:
@@ -83,13 +100,14 @@ def test_slurm_sweep_requeues_a_timed_out_job_and_resumes_a_cancelled_one(slurm_
         first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=slurm_env, text=True)
         try:
             deadline = time.monotonic() + 240
-            while len(running := running_runs(runs, min_epochs=2)) < 2:
+            while len(running := running_runs(runs, min_epochs=2, max_epochs=EPOCHS // 3)) < 2:
                 assert first.poll() is None, (tmp_path / "first.out").read_text()
                 assert time.monotonic() < deadline, "no two jobs running after 240 s:\n" + slurm(slurm_env, "squeue")
-                time.sleep(0.5)
-            (requeued, requeued_job), (cancelled, cancelled_job) = sorted(running.items())[:2]
-            slurm(slurm_env, "scancel", "--signal=USR2", requeued_job)  # as before a time limit
+                time.sleep(0.2)
+            (requeued, requeued_record), (cancelled, cancelled_record) = sorted(running.items())[:2]
+            requeued_job, cancelled_job = requeued_record["job_id"], cancelled_record["job_id"]
             slurm(slurm_env, "scancel", cancelled_job)
+            send_usr2(slurm_env, requeued_job, Path(requeued_record["stderr"]))
             first.wait(timeout=600)
         finally:
             if first.poll() is None:
@@ -105,7 +123,7 @@ def test_slurm_sweep_requeues_a_timed_out_job_and_resumes_a_cancelled_one(slurm_
     cancelled_log = read_json(runs / cancelled / "launcher.json")["stderr"]
     assert f"log: {cancelled_log}" in output and Path(cancelled_log).is_file()
     summary = read_json(runs / cancelled / "summary.json")
-    assert summary["status"] == "interrupted" and 2 <= summary["epochs_done"] < EPOCHS
+    assert summary["status"] == "interrupted" and 2 <= summary["epochs_done"] < EPOCHS, summary
 
     # The USR2 job was checkpointed and requeued by submitit, and the requeued job resumed the run.
     record = read_json(runs / requeued / "launcher.json")

@@ -22,6 +22,14 @@ free_port() {
 
 stop() {
     local pidfile pid
+    # Jobs first, so no slurmstepd outlives the cluster; then the daemons.
+    if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        SLURM_CONF="$dir/slurm.conf" scancel --user="$(id -un)" 2>/dev/null || true
+        for _ in $(seq 30); do
+            [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null)" ] && break
+            sleep 0.5
+        done
+    fi
     for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munged.pid"; do
         [ -s "$pidfile" ] || continue
         pid=$(cat "$pidfile")
@@ -31,6 +39,12 @@ stop() {
             kill -9 "$pid" 2>/dev/null || true
         fi
         rm -f "$pidfile"
+    done
+    # A step daemon left over (its job was still ending): those started for this cluster carry its SLURM_CONF.
+    for pid in $(pgrep -x slurmstepd || true); do
+        if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_CONF=$dir/slurm.conf"; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
     done
 }
 
