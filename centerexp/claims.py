@@ -51,14 +51,13 @@ PRIMARY_NAME = "normalised area under test accuracy vs training step"
 # --- counting steps ----------------------------------------------------------------------------
 
 
-MNIST_TRAIN = MNIST_TRAIN_IMAGES
 RECIPE_EPOCHS, RECIPE_BATCH, RECIPE_LAMDA = 30, 256, 1.0
-RECIPE_STEPS = RECIPE_EPOCHS * steps_per_epoch(MNIST_TRAIN, RECIPE_BATCH)  # 30 x 235 = 7,050
+RECIPE_STEPS = RECIPE_EPOCHS * steps_per_epoch(MNIST_TRAIN_IMAGES, RECIPE_BATCH)  # 30 x 235 = 7,050
 
 
 def steps_from_config(epochs: list[float], train_subset: int | None, batch_size: int) -> list[float]:
     """Cumulative steps at the end of each epoch, for runs written before metrics.csv had ``step``."""
-    n = min(train_subset or MNIST_TRAIN, MNIST_TRAIN)
+    n = min(train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
     per_epoch = steps_per_epoch(n, batch_size)
     return [e * per_epoch for e in epochs]
 

@@ -94,9 +94,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train one run: writes RUNS_DIR/NAME/ (config, metrics, checkpoints, plots)."""
-    from centerexp.train import resume_run, start_run
+    from centerexp.config import load_config
 
     overrides = list(set_) + (["train.deterministic=true"] if deterministic else [])
+    if config is not None and resume is None:
+        load_config(config, overrides)  # a config error answers before torch is imported
+    from centerexp.train import resume_run, start_run
+
     progress = False if quiet else None
     command = _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change)
     if resume is not None:
@@ -154,10 +158,10 @@ def plot(
 ):
     """Redraw a run's loss curves (and feature GIF) from its files, e.g. while it is still training."""
     from centerexp.plots import feature_gif, plot_loss_curves
-    from centerexp.runs import is_run_dir, metrics_columns
+    from centerexp.runs import NOT_A_RUN, is_run_dir, metrics_columns
 
     if not is_run_dir(run):
-        raise CenterexpError(f"{run}: not a centerexp run folder (no config.yaml and summary.json)", 2)
+        raise CenterexpError(f"{run}: {NOT_A_RUN}", 2)
     metrics = metrics_columns(run / "metrics.csv")
     if not metrics.get("epoch"):
         raise CenterexpError(f"{run}: no finished epoch yet, nothing to plot")

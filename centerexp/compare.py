@@ -22,7 +22,7 @@ from centerexp import claims, report
 from centerexp.claims import finite
 from centerexp.config import flatten, read_run_config
 from centerexp.errors import CenterexpError
-from centerexp.runs import atomic_write_text, is_run_dir, metrics_columns, read_json
+from centerexp.runs import NOT_A_RUN, atomic_write_text, is_run_dir, metrics_columns, read_json
 from centerexp.schema import BY_NAME, TABLE_COLUMNS
 
 DEFAULT_THRESHOLDS = (0.98, 0.99)
@@ -85,7 +85,7 @@ def load_runs(paths: list[Path], warn=None) -> list[Run]:
         seen.add(path.resolve())
         if not is_run_dir(path):
             if not (path.is_file() and path.name in COMPARE_OUTPUTS):  # DIR/* after a compare into DIR
-                warn(f"skipping {path}: not a run folder (no config.yaml and summary.json)")
+                warn(f"skipping {path}: {NOT_A_RUN}")
             continue
         try:
             cfg, dropped = read_run_config(path / "config.yaml")

@@ -203,6 +203,7 @@ def from_dict(raw: Any, source: str = "config") -> Config:
 
 
 MNIST_TRAIN_IMAGES = 60_000
+MNIST_TEST_IMAGES = 10_000
 
 
 def batch_starts(n: int, batch_size: int) -> list[int]:

@@ -7,22 +7,18 @@ did not finish. The launchers:
                   ``--jobs N``: up to N runs at once, each a ``python -m centerexp.launch`` process on
                   this machine, with 1/N of the CPU threads and, when several GPUs exist, its own GPU
                   (round-robin over CUDA_VISIBLE_DEVICES).
-  submitit-local  each run a job of submitit's LocalExecutor (N at a time): the Slurm code path, on
-                  this machine, without a cluster.
-  slurm           all runs as one Slurm job array through submitit (``--jobs N``: at most N at once).
-                  Timeouts and preemption (submitit's USR2 hook) requeue the job with the same spec,
-                  which resumes the run from its last finished epoch.
+  submitit-local  each run a job of submitit's LocalExecutor (N at a time), and
+  slurm           all runs as one Slurm job array: both in submit.py, imported only when used.
 
-A job trains with ``train_spec`` in its own process, so a resumed run continues exactly as
+This module holds what all of them share: the options, the outcomes, the dispatch and the ``Sweep``
+bookkeeping. A job trains with ``train_spec`` in its own process, so a resumed run continues exactly as
 ``centerexp train --resume`` does. Each run folder gets ``launcher.json`` (launcher, job id, log
 paths, state, earlier attempts). A failed job is reported with its log path and never stops the
 others; a run that another process is training (``RunBusy``) is reported and skipped.
 """
 
 import json
-import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,23 +28,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import submitit
-from submitit.core.utils import FailedSubmissionError, pickle_load
 from tqdm import tqdm
 
 from centerexp.errors import CenterexpError
-from centerexp.reproduce import RunSpec, train_sequentially, train_spec
+from centerexp.reproduce import DONE_STATES, RunSpec, train_sequentially, train_spec
 from centerexp.runs import RunBusy, RunLock, is_run_dir, read_json, write_json
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
 LOG_DIR = "logs"  # under the runs dir: one log per local run, one folder per submitit job
 RECORD = "launcher.json"
 BUSY_EXIT = RunBusy.exit_code  # a worker that finds its run locked by another process exits with this
-DEFAULT_TIME_MIN = {"slurm": 240, "submitit-local": 7 * 24 * 60}
-# Slurm job states (squeue / sacct): waiting, running, or over. Anything else counts as over.
-QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "PREEMPTED"}
-RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
-LOST_AFTER_S = 120  # a Slurm job neither in squeue/sacct nor with a result for this long has been lost
 
 
 @dataclass(frozen=True)
@@ -119,12 +108,12 @@ def launch(specs: list[RunSpec], options: LaunchOptions, runs_dir: Path, progres
     """Train the specs that are not completed; return the outcomes of those that did not complete."""
     options.check()
     if options.in_process:
-        train_sequentially(specs, progress, echo)
-        return []
+        problems = train_sequentially(specs, progress, echo)
+        return [Outcome(spec.name, status, error=message) for spec, status, message in problems]
     todo = []
     for spec in specs:
-        if spec.state == "completed":
-            echo(f"{spec.run_dir}: already completed, kept")
+        if spec.state in DONE_STATES:
+            echo(f"{spec.run_dir}: already {spec.state}, kept")
         else:
             todo.append(spec)
     if not todo:
@@ -143,6 +132,8 @@ def launch(specs: list[RunSpec], options: LaunchOptions, runs_dir: Path, progres
         if todo and options.launcher == "local":
             run_local(todo, options, log_dir, sweep)
         elif todo:
+            from centerexp.submit import run_submitit  # submitit is imported only when it is used
+
             run_submitit(todo, options, log_dir, sweep)
     finally:
         sweep.close()
@@ -250,7 +241,7 @@ class Sweep:
         self.bar.close()
 
 
-def _tail_error(log: Path, lines: int = 60) -> str | None:
+def tail_error(log: Path, lines: int = 60) -> str | None:
     """The most telling line at the end of a job's log: its `error:` line, else the last line."""
     try:
         with open(log, errors="replace") as f:
@@ -342,9 +333,9 @@ def run_local(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sweep
                 if code == 0:
                     sweep.finish(spec, Outcome(spec.name, "completed"))
                 elif code == BUSY_EXIT:
-                    sweep.finish(spec, Outcome(spec.name, "busy", error=_tail_error(log)))
+                    sweep.finish(spec, Outcome(spec.name, "busy", error=tail_error(log)))
                 else:
-                    error = _tail_error(log) or "no output"
+                    error = tail_error(log) or "no output"
                     sweep.finish(spec, Outcome(spec.name, "failed", error=f"exit status {code}: {error}"))
             if running:
                 time.sleep(poll)
@@ -380,195 +371,6 @@ def worker_main(argv: list[str]) -> int:
         return e.exit_code
     print(f"{spec.run_dir}: {summary.get('status')} after {summary.get('epochs_done', 0)} epochs")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# submitit: LocalExecutor (submitit-local) or SlurmExecutor (slurm)
-
-
-class TrainJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job. On timeout or preemption submitit calls ``checkpoint`` (inherited),
-    which requeues the same spec: the requeued job finds the run folder and resumes it."""
-
-    def __call__(self, spec: RunSpec) -> dict:
-        return train_job(spec)
-
-
-def train_job(spec: RunSpec) -> dict:
-    """The body of a submitit job: train the spec in this process; a busy run is a result, not an error."""
-    try:
-        summary = train_spec(spec, progress=False)
-    except RunBusy as e:
-        return {"status": "busy", "error": str(e)}
-    return {"status": summary.get("status"), "epochs_done": summary.get("epochs_done")}
-
-
-def make_executor(options: LaunchOptions, log_dir: Path, n_jobs: int):
-    folder = log_dir / "%j"
-    minutes = options.time_min or DEFAULT_TIME_MIN[options.launcher]
-    if options.launcher == "submitit-local":
-        executor = submitit.LocalExecutor(folder)
-        threads = max(1, cpu_count() // (options.jobs or 1))
-        params = {"timeout_min": minutes, "setup": [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"]}
-        executor.update_parameters(**params)
-        return executor
-    if shutil.which("sbatch") is None:
-        raise CenterexpError("--launcher slurm: sbatch not found (run this on a Slurm login node)", 2)
-    executor = submitit.SlurmExecutor(folder)
-    params = {
-        "job_name": "centerexp",
-        "time": minutes,
-        "nodes": 1,
-        "ntasks_per_node": 1,
-        "array_parallelism": options.jobs or n_jobs,
-        "additional_parameters": dict(item.split("=", 1) for item in options.sbatch),
-    }
-    if options.partition:
-        params["partition"] = options.partition
-    if options.cpus_per_job:
-        params["cpus_per_task"] = options.cpus_per_job
-        params["setup"] = [f"export OMP_NUM_THREADS={options.cpus_per_job} MKL_NUM_THREADS={options.cpus_per_job}"]
-    if options.gpus_per_job is not None:
-        params["gpus_per_node"] = options.gpus_per_job
-    if options.mem_gb:
-        params["mem"] = f"{int(options.mem_gb * 1024)}M"
-    try:
-        executor.update_parameters(**params)
-    except ValueError as e:
-        raise CenterexpError(f"Slurm options: {e}", 2) from None
-    return executor
-
-
-def local_gpu(devices: list[str], in_use: list, gpus_per_job: int | None) -> dict:
-    """GPU parameters of the next submitit-local job. Its LocalExecutor hides every GPU unless told
-    (CUDA_VISIBLE_DEVICES=""): one GPU per job by default, the least used one; N with --gpus-per-job."""
-    if not devices or gpus_per_job == 0:
-        return {"gpus_per_node": 0}
-    ids = [int(d) for d in devices if d.isdigit()] or list(range(len(devices)))  # UUIDs: by index
-    if gpus_per_job not in (None, 1):
-        return {"gpus_per_node": gpus_per_job, "visible_gpus": tuple(ids)}
-    return {"gpus_per_node": 1, "visible_gpus": (min(ids, key=in_use.count),)}
-
-
-def run_submitit(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sweep: Sweep) -> None:
-    logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct warnings would drown the progress bar
-    executor = make_executor(options, log_dir, len(specs))
-    train = TrainJob()
-    slurm = options.launcher == "slurm"
-    poll = options.poll_s or (5.0 if slurm else 0.5)
-    jobs: dict[str, tuple[RunSpec, object, float]] = {}  # job id -> (spec, job, submitted at)
-
-    def record(spec, job):
-        jobs[job.job_id] = (spec, job, time.monotonic())
-        sweep.submitted(spec, job.job_id, job.paths.stdout, job.paths.stderr)
-
-    if slurm:
-        try:
-            submitted = executor.map_array(train, specs)
-        except (FailedSubmissionError, subprocess.CalledProcessError, OSError) as e:
-            raise CenterexpError(f"sbatch failed: {e}") from None
-        array_id = submitted[0].job_id.split("_")[0]
-        runs = f"{len(specs)} run{'s' if len(specs) != 1 else ''}"
-        sweep.say(f"submitted {runs} to Slurm as job {array_id} (logs under {log_dir})")
-        for spec, job in zip(specs, submitted):
-            record(spec, job)
-        waiting = deque()
-    else:
-        waiting = deque(specs)
-    limit = options.jobs or 1
-    devices = [] if slurm else cuda_devices()
-    gpus: dict[str, int | None] = {}  # submitit-local job id -> the GPU it was given
-    try:
-        while waiting or jobs:
-            while waiting and len(jobs) < limit:  # submitit-local starts a job at once: throttle here
-                spec = waiting.popleft()
-                gpu = local_gpu(devices, [gpus.get(i) for i in jobs], options.gpus_per_job)
-                executor.update_parameters(**gpu)
-                job = executor.submit(train, spec)
-                gpus[job.job_id] = gpu.get("visible_gpus", (None,))[0]
-                record(spec, job)
-            states = slurm_states([j for _, j, _ in jobs.values()]) if slurm else {}
-            for job_id, (spec, job, since) in list(jobs.items()):
-                state = states.get(job_id) if slurm else job.state.upper()
-                outcome = _job_outcome(spec, job, state, since, slurm)
-                if outcome is None:
-                    sweep.set_state(spec, "queued" if state in QUEUED_STATES else "running")
-                    continue
-                del jobs[job_id]
-                sweep.finish(spec, outcome)
-            if jobs:
-                time.sleep(poll)
-    except BaseException:
-        if slurm and jobs:
-            ids = sorted({i.split("_")[0] for i in jobs})
-            sweep.say(f"the Slurm jobs keep running; stop them with: scancel {' '.join(ids)}")
-        else:
-            for _, job, _ in jobs.values():
-                job.cancel(check=False)
-        raise
-
-
-def _job_outcome(spec: RunSpec, job, state: str | None, since: float, slurm: bool) -> Outcome | None:
-    """None while the job is queued or running, else how it ended."""
-    if state in QUEUED_STATES or state in RUNNING_STATES:
-        return None  # also when a result exists: Slurm requeued the job after it wrote one
-    result = job.paths.result_pickle
-    if result.exists():
-        try:
-            kind, value = pickle_load(result)
-        except Exception as e:  # a half-written result: look again next time
-            if time.monotonic() - since < LOST_AFTER_S:
-                return None
-            kind, value = "error", f"unreadable result {result}: {e}"
-        if kind == "success" and value.get("status") == "busy":
-            return Outcome(spec.name, "busy", job.job_id, job.paths.stdout, value.get("error"))
-        if kind == "success":
-            return Outcome(spec.name, "completed", job.job_id, job.paths.stdout)
-        lines = [line for line in str(value).strip().splitlines() if line.strip()]
-        error = lines[-1] if lines else "unknown error"
-        return Outcome(spec.name, "failed", job.job_id, job.paths.stderr, f"job {job.job_id}: {error}")
-    if slurm and state is None:  # not known to squeue/sacct (yet, or any more)
-        if time.monotonic() - since < LOST_AFTER_S:
-            return None
-        state = "LOST"
-    elif not slurm and state == "RUNNING":
-        return None
-    tail = _tail_error(job.paths.stderr)
-    detail = f"job {job.job_id} ended {state} without a result" + (f": {tail}" if tail else "")
-    return Outcome(spec.name, "failed", job.job_id, job.paths.stderr, detail)
-
-
-def slurm_states(jobs: list) -> dict[str, str]:
-    """Job id -> Slurm state: squeue for the jobs the controller holds (cheap, current), then sacct
-    (through submitit's rate-limited watcher) for those it has dropped. A job known to neither is left out.
-    """
-    states = squeue_states([job.job_id for job in jobs]) if jobs else {}
-    for job in jobs:
-        if job.job_id not in states:
-            state = job.watcher.get_state(job.job_id, mode="standard")  # sacct; UNKNOWN without accounting
-            if state and state != "UNKNOWN":
-                states[job.job_id] = state.split()[0].upper()  # "CANCELLED by 0" -> CANCELLED
-    return states
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    base = sorted({i.split("_")[0] for i in job_ids})
-    command = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(base)]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return parse_squeue(out)
-
-
-def parse_squeue(text: str) -> dict[str, str]:
-    """``squeue -h -r -o '%i|%T'`` lines (``123_4|RUNNING``, ``125|PENDING``) as a dict."""
-    states = {}
-    for line in text.splitlines():
-        if "|" in line:
-            job_id, state = line.strip().split("|", 1)
-            states[job_id] = state.strip().upper()
-    return states
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ its length: 1,920 images x 6 epochs = 180 steps, 2.6% of the full recipe. It say
 the last epochs of a full run, where accuracy differences of a few tenths of a point would matter.
 """
 
+import math
 import statistics
 from pathlib import Path
 
 from centerexp import claims
-from centerexp.reproduce import RunSpec, config_dir, train_sequentially
+from centerexp.reproduce import RunSpec, config_dir, run_state, train_sequentially
 from centerexp.runs import is_run_dir, metrics_columns, read_json, write_json
 
 PRECISIONS = ("fp32", "bf16")
@@ -35,24 +36,33 @@ def parity_specs(config: Path, seeds: int, runs_dir: Path, extra: list[str]) -> 
         for precision in PRECISIONS:
             run_dir = Path(runs_dir) / f"{Path(config).stem}_{precision}_s{seed}"
             overrides = (*PROFILE, *extra, f"train.precision={precision}", f"train.seed={seed}")
-            state = "new"
-            if is_run_dir(run_dir):
-                done = read_json(run_dir / "summary.json").get("status") == "completed"
-                state = "completed" if done else "unfinished"
+            state = run_state(run_dir, config, overrides, "this parity profile")
             specs.append(RunSpec(Path(config), overrides, run_dir, state, "centerexp parity"))
     return specs
 
 
-def run_figures(run_dir: Path) -> dict:
-    """AUC of test accuracy vs step, final test accuracy and training seconds per epoch (NaN if failed)."""
-    if read_json(run_dir / "summary.json").get("status") != "completed":
-        return {"auc": float("nan"), "final_acc": float("nan"), "train_s": float("nan")}
+def pair_figures(run_dir: Path) -> dict:
+    """AUC of test accuracy vs step, final test accuracy, training seconds per epoch: NaN for a
+    failed run (counted as failed), None for one that did not finish (left out)."""
+    status = read_json(run_dir / "summary.json").get("status") if is_run_dir(run_dir) else None
+    if status != "completed":
+        missing = float("nan") if status == "failed" else None
+        return {"auc": missing, "final_test_acc": missing, "train_seconds": missing}
     m = metrics_columns(run_dir / "metrics.csv")
     return {
         "auc": claims.accuracy_auc(m["step"], m["test_acc"]),
-        "final_acc": m["test_acc"][-1],
-        "train_s": statistics.fmean(m["train_seconds"]),
+        "final_test_acc": m["test_acc"][-1],
+        "train_seconds": statistics.fmean(m["train_seconds"]),
     }
+
+
+def _json_safe(x):
+    """NaN as null: parity.json stays valid JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def parity(
@@ -66,9 +76,9 @@ def parity(
     """Train the missing runs, then compare bf16 with fp32 seed by seed; writes parity.json."""
     specs = parity_specs(config, seeds, runs_dir, list(extra))
     train_sequentially(specs, progress, echo)
-    figures = {p: [run_figures(s.run_dir) for s in specs if f"train.precision={p}" in s.overrides] for p in PRECISIONS}
+    figures = {p: [pair_figures(s.run_dir) for s in specs if f"train.precision={p}" in s.overrides] for p in PRECISIONS}
     result = {"config": str(config), "profile": PROFILE + list(extra), "seeds": seeds, "metrics": {}}
-    for key, name in (("auc", claims.PRIMARY_NAME), ("final_acc", "final test accuracy")):
+    for key, name in (("auc", claims.PRIMARY_NAME), ("final_test_acc", "final test accuracy")):
         t = claims.paired_test([f[key] for f in figures["bf16"]], [f[key] for f in figures["fp32"]])
         result["metrics"][key] = {
             "name": name,
@@ -81,10 +91,14 @@ def parity(
             "mean_bf16": t.mean_a,
             "mean_fp32": t.mean_b,
         }
-    speed = [f32["train_s"] / bf["train_s"] for f32, bf in zip(figures["fp32"], figures["bf16"])]
+    speed = [
+        f32["train_seconds"] / bf["train_seconds"]
+        for f32, bf in zip(figures["fp32"], figures["bf16"])
+        if claims.finite(f32["train_seconds"]) and claims.finite(bf["train_seconds"])
+    ]
     result["per_seed"] = figures
     result["bf16_speedup"] = statistics.fmean(speed) if speed else float("nan")
-    write_json(Path(runs_dir) / "parity.json", result)
+    write_json(Path(runs_dir) / "parity.json", _json_safe(result))
     echo(format_parity(result))
     return result
 

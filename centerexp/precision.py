@@ -26,7 +26,8 @@ from centerexp.errors import CenterexpError
 MIN_SPEEDUP = 1.2
 CACHE_FILE = "precision-cache.json"
 PROBE_BATCH = 32  # small enough for a few seconds on 2 cores, large enough to keep the conv kernels busy
-PROBE_STEPS = 3  # timed steps per precision, interleaved, after one warm-up step each
+PROBE_STEPS = 3  # timed steps per precision at least, interleaved, after one warm-up step each
+PROBE_MIN_SECONDS = 1.0  # and at least this long in all, so that fast steps are not timed by noise
 
 
 def machine_signature(device: torch.device, threads: int) -> dict:
@@ -77,7 +78,8 @@ def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -
         times = {"fp32": [], "bf16": []}
         for p in times:
             step(p)  # warm-up: oneDNN picks and caches its kernels per precision and shape
-        for _ in range(PROBE_STEPS):
+        start = time.perf_counter()
+        while len(times["fp32"]) < PROBE_STEPS or time.perf_counter() - start < PROBE_MIN_SECONDS:
             for p in times:
                 times[p].append(step(p))
     return {p: PROBE_BATCH / statistics.median(t) for p, t in times.items()}
@@ -100,6 +102,9 @@ def choose_precision(cfg: Config, device: torch.device, channels_last: bool, mea
         major, minor = torch.cuda.get_device_capability(device)
         chosen = "bf16" if major >= 8 else "fp32"
         return chosen, {"mode": f"auto: CUDA compute capability {major}.{minor}", "chosen": chosen}
+
+    if cfg.model.arch == "linear":  # the linear net computes in fp32 under autocast: nothing to gain
+        return "fp32", {"mode": "auto: the linear net runs in fp32", "chosen": "fp32"}
 
     from centerexp.data import data_root
     from centerexp.runs import write_json

@@ -15,7 +15,6 @@ from centerexp.claims import (
     CONFIDENCE,
     FRACTIONS,
     MIN_RUNS,
-    MNIST_TRAIN,
     PRIMARY_NAME,
     RECIPE_BATCH,
     RECIPE_EPOCHS,
@@ -26,7 +25,7 @@ from centerexp.claims import (
     ClaimResult,
     finite,
 )
-from centerexp.config import steps_per_epoch
+from centerexp.config import MNIST_TRAIN_IMAGES, steps_per_epoch
 from centerexp.runs import read_json
 from centerexp.schema import MISSING, format_value
 
@@ -203,7 +202,9 @@ def coverage_markdown(steps_done: float, batch_size: int, lamda: float, train_su
     """How much of the recipe these runs cover, and whether their center-loss dynamics match it."""
     lines = []
     fraction = steps_done / RECIPE_STEPS if finite(steps_done) else math.nan
-    recipe = f"{RECIPE_EPOCHS} epochs x {steps_per_epoch(MNIST_TRAIN, RECIPE_BATCH)} steps of batch {RECIPE_BATCH}"
+    recipe = (
+        f"{RECIPE_EPOCHS} epochs x {steps_per_epoch(MNIST_TRAIN_IMAGES, RECIPE_BATCH)} steps of batch {RECIPE_BATCH}"
+    )
     if finite(fraction):
         lines.append(
             f"These runs train for {steps_done:,.0f} optimizer steps: {fraction:.1%} of the recipe's "

@@ -49,8 +49,8 @@ PROFILES = {
         "data.subset_mode=random",
     ],
 }
-# chance + 1/4 and + 1/2 of the way from chance (0.1) to 1, chosen before the profile's results
 DEFAULT_SEEDS = {"full": 5, "quick": 3}  # seeds per config: n >= 3 for a verdict; 5 where runs are cheap
+# chance + 1/4 and + 1/2 of the way from chance (0.1) to 1, chosen before the profile's results
 QUICK_THRESHOLDS = (0.325, 0.55)
 
 
@@ -66,7 +66,7 @@ class RunSpec:
     config: Path  # configs/<stem>.yaml
     overrides: tuple[str, ...]  # profile overrides + extra + train.seed
     run_dir: Path
-    state: str  # "new" (no folder yet) | "unfinished" (resume it) | "completed" (keep it)
+    state: str  # "new" (no folder yet) | "unfinished" (resume it) | "completed" / "diverged" (keep it)
     command: str  # recorded in the run's command.txt
 
     @property
@@ -74,62 +74,78 @@ class RunSpec:
         return self.run_dir.name
 
 
-def plan_runs(profile: str, seeds: int, runs_dir: Path, extra: list[str] = ()) -> list[RunSpec]:
-    """One spec per config and seed (seed-major, so partial results cover all configs).
+def run_state(run_dir: Path, config: Path, overrides: tuple[str, ...], label: str) -> str:
+    """What a sweep should do with ``run_dir``: "new", "unfinished" (resume it), or leave it as
+    "completed" or "diverged" (a run whose loss became NaN/inf: a result, not an accident; it would
+    diverge again the same way). Refuses a folder trained with another config: mixing them would
+    make the report lie."""
+    if not is_run_dir(run_dir):
+        return "new"
+    wanted = load_config(config, overrides).to_dict()
+    changed = diff_configs(load_config(run_dir / "config.yaml").to_dict(), wanted)
+    if changed:
+        raise CenterexpError(
+            f"{run_dir} was trained with a different config ({', '.join(changed)} differ from "
+            f"{label}): use another --runs-dir or remove it",
+            exit_code=2,
+        )
+    summary = read_json(run_dir / "summary.json")
+    if summary.get("status") == "completed":
+        return "completed"
+    return "diverged" if summary.get("status") == "failed" and summary.get("diverged") else "unfinished"
 
-    Refuses a runs dir holding a run made with another config: mixing them would make the report lie.
-    """
+
+DONE_STATES = ("completed", "diverged")  # kept as they are by every launcher
+
+
+def plan_runs(profile: str, seeds: int | None, runs_dir: Path, extra: list[str] = ()) -> list[RunSpec]:
+    """One spec per config and seed (seed-major, so partial results cover all configs)."""
     if profile not in PROFILES:
         raise CenterexpError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}", exit_code=2)
+    seeds = DEFAULT_SEEDS[profile] if seeds is None else seeds
     if seeds < 1:
         raise CenterexpError(f"--seeds must be >= 1, got {seeds}", exit_code=2)
-    runs_dir = Path(runs_dir)
     specs = []
     for seed in range(seeds):
         for stem in CONFIGS:
-            run_dir = runs_dir / f"{stem}_s{seed}"
+            run_dir = Path(runs_dir) / f"{stem}_s{seed}"
             config = config_dir() / f"{stem}.yaml"
             overrides = (*PROFILES[profile], *extra, f"train.seed={seed}")
-            state = "new"
-            if is_run_dir(run_dir):
-                wanted = load_config(config, overrides).to_dict()
-                changed = diff_configs(load_config(run_dir / "config.yaml").to_dict(), wanted)
-                if changed:
-                    raise CenterexpError(
-                        f"{run_dir} was trained with a different config ({', '.join(changed)} differ from "
-                        f"--profile {profile}): use another --runs-dir or remove it",
-                        exit_code=2,
-                    )
-                done = read_json(run_dir / "summary.json").get("status") == "completed"
-                state = "completed" if done else "unfinished"
+            state = run_state(run_dir, config, overrides, f"--profile {profile}")
             specs.append(RunSpec(config, overrides, run_dir, state, f"centerexp reproduce --profile {profile}"))
     return specs
 
 
 def train_spec(spec: RunSpec, progress=None) -> dict:
-    """Train one spec to the end in this process: start it, or resume it where it stopped."""
+    """Train one spec to the end in this process: start it, or resume it where it stopped. If
+    another process created the folder meanwhile, resume it (which gives RunBusy while that
+    process trains it)."""
+    from centerexp.runs import RunExists
     from centerexp.train import resume_run, start_run
 
-    if spec.state == "unfinished" or (spec.state == "new" and is_run_dir(spec.run_dir)):
-        return resume_run(spec.run_dir, list(spec.overrides), progress=progress, command=spec.command)[1]
-    return start_run(
-        spec.config,
-        list(spec.overrides),
-        spec.run_dir.parent,
-        spec.name,
-        progress=progress,
-        command=spec.command,
-    )[1]
+    resume = lambda: resume_run(spec.run_dir, list(spec.overrides), progress=progress, command=spec.command)[1]  # noqa: E731
+    if spec.state == "unfinished" or is_run_dir(spec.run_dir):
+        return resume()
+    try:
+        return start_run(
+            spec.config, list(spec.overrides), spec.run_dir.parent, spec.name, progress=progress, command=spec.command
+        )[1]
+    except RunExists:
+        return resume()
 
 
-def train_sequentially(specs: list[RunSpec], progress=None, echo=print) -> None:
-    """The default launcher: one run after another in this process. A run that another process
-    is training (a second `reproduce` on the same runs dir) is left to that process."""
+def train_sequentially(specs: list[RunSpec], progress=None, echo=print) -> list[tuple[RunSpec, str, str]]:
+    """The default launcher: one run after another in this process. Returns (spec, "failed" or
+    "busy", message) for the runs that did not complete: a failed run does not stop the others,
+    and a run that another process is training (a second `reproduce` on the same runs dir) is left
+    to that process."""
     from centerexp.runs import RunBusy
+    from centerexp.train import Interrupted
 
+    problems = []
     for spec in specs:
-        if spec.state == "completed":
-            echo(f"{spec.run_dir}: already completed, kept")
+        if spec.state in DONE_STATES:
+            echo(f"{spec.run_dir}: already {spec.state}, kept")
             continue
         if spec.state == "unfinished":
             echo(f"{spec.run_dir}: resuming")
@@ -137,11 +153,18 @@ def train_sequentially(specs: list[RunSpec], progress=None, echo=print) -> None:
             train_spec(spec, progress)
         except RunBusy as e:
             echo(f"{spec.run_dir}: skipped, {e}")
+            problems.append((spec, "busy", str(e)))
+        except Interrupted:
+            raise  # Ctrl-C / SIGTERM stops the sweep, not just this run
+        except CenterexpError as e:
+            echo(f"{spec.run_dir}: failed, {e}")
+            problems.append((spec, "failed", str(e)))
+    return problems
 
 
 def reproduce(
     profile: str = "full",
-    seeds: int = 3,
+    seeds: int | None = None,  # None: DEFAULT_SEEDS[profile]
     runs_dir: Path = Path("runs/reproduce"),
     progress=None,
     extra: list[str] = (),

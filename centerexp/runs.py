@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from centerexp.errors import CenterexpError
-from centerexp.schema import METRIC_COLUMNS, RUN_FORMAT, TIMING_COLUMNS  # noqa: F401 (re-exported)
+from centerexp.schema import METRIC_COLUMNS, RUN_FORMAT
 
 
 def _umask() -> int:
@@ -88,6 +88,12 @@ class RunBusy(CenterexpError):
     exit_code = 3
 
 
+class RunExists(CenterexpError):
+    """The run folder to create exists already."""
+
+    exit_code = 2
+
+
 LOCK_NAME = ".lock"
 
 
@@ -102,13 +108,16 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, where: Path | None = None) -> "RunLock":
+        """Take the lock; ``where``: a folder that is about to be renamed to the run folder (the
+        open file, and so the lock, move with it)."""
         import fcntl
 
+        path = Path(where) / LOCK_NAME if where else self.path
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as e:
-            raise _write_error(self.path, e) from None
+            raise _write_error(path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -142,36 +151,44 @@ def _read_lock_holder(fd: int) -> str:
     return f" (pid {pid})" if pid.isdigit() else ""
 
 
+NOT_A_RUN = "not a centerexp run folder (no config.yaml and summary.json)"
+
+
 def is_run_dir(path: Path) -> bool:
+    """A folder written by `centerexp train` (from the moment it exists: see create_run_dir)."""
     return (Path(path) / "config.yaml").is_file() and (Path(path) / "summary.json").is_file()
 
 
-def create_run_dir(runs_dir: Path, name: str, overwrite: bool, files: dict[str, str] | None = None) -> Path:
+def create_run_dir(
+    runs_dir: Path, name: str, overwrite: bool, files: dict[str, str] | None = None, lock: RunLock | None = None
+) -> Path:
     """Create ``runs_dir/name`` holding ``files`` (relative path -> text); refuse to touch an
     existing folder unless ``overwrite``, and never one that a live process is training.
 
     The folder is assembled under a hidden temporary name and renamed into place, so a process
     killed while creating it leaves either no run folder or a complete one (config.yaml and
-    summary.json), which ``--resume`` and ``--overwrite`` both accept.
+    summary.json), which ``--resume`` and ``--overwrite`` both accept. ``lock`` (a RunLock for the
+    new folder) is taken before the rename, so no other process can take the new run first.
     """
     runs_dir = Path(runs_dir)
     run_dir = runs_dir / name
     if run_dir.exists():
         if not overwrite:
-            raise CenterexpError(
+            raise RunExists(
                 f"run folder {run_dir} already exists: pass --overwrite to replace it, "
-                f"--resume {run_dir} to continue it, or --name to pick another",
-                exit_code=2,
+                f"--resume {run_dir} to continue it, or --name to pick another"
             )
         if not is_run_dir(run_dir) and any(run_dir.iterdir()):
             raise CenterexpError(f"refusing to overwrite {run_dir}: it is not a centerexp run folder", exit_code=2)
         with RunLock(run_dir):  # RunBusy if another process is training it
-            _remove_tree(run_dir)
+            doomed = _side_name(runs_dir, name, "deleting")
+            _rename(run_dir, doomed)  # one atomic step: a kill mid-delete leaves no half run folder
+        _remove_tree(doomed)
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_staging(runs_dir, name)
-        staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".{name}.creating-{os.getpid()}-"))
-        os.chmod(staging, 0o777 & ~_umask())
+        _remove_abandoned(runs_dir, name)
+        staging = _side_name(runs_dir, name, "creating")
+        staging.mkdir(mode=0o777 & ~_umask())
         (staging / "checkpoints").mkdir()
         (staging / "plots" / "features").mkdir(parents=True)
     except OSError as e:
@@ -179,24 +196,39 @@ def create_run_dir(runs_dir: Path, name: str, overwrite: bool, files: dict[str, 
     try:
         for rel, text in (files or {}).items():
             atomic_write_text(staging / rel, text)
+        if lock is not None:
+            lock.acquire(where=staging)
         os.rename(staging, run_dir)  # atomic; fails if run_dir appeared meanwhile
-    except OSError as e:
+    except (OSError, CenterexpError) as e:
+        if lock is not None:
+            lock.release()
         _remove_tree(staging)
         if run_dir.exists():
-            raise CenterexpError(f"run folder {run_dir} was created by another process meanwhile", 2) from None
+            raise RunExists(f"run folder {run_dir} was created by another process meanwhile") from None
+        if isinstance(e, CenterexpError):
+            raise
         raise CenterexpError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    except CenterexpError:
-        _remove_tree(staging)
-        raise
     return run_dir
 
 
-def _remove_abandoned_staging(runs_dir: Path, name: str) -> None:
-    """Remove half-made folders of ``name`` whose creating process is gone (killed mid-creation)."""
-    for staging in runs_dir.glob(f".{name}.creating-*"):
-        pid = staging.name.rsplit(".creating-", 1)[1].split("-")[0]
+def _side_name(runs_dir: Path, name: str, what: str) -> Path:
+    """A hidden sibling of the run folder for a half-done create or delete, named after this process."""
+    return runs_dir / f".{name}.{what}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _rename(src: Path, dst: Path) -> None:
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        raise CenterexpError(f"cannot remove {src}: {e.strerror or e}") from None
+
+
+def _remove_abandoned(runs_dir: Path, name: str) -> None:
+    """Remove half-made or half-deleted folders of ``name`` whose process is gone (killed meanwhile)."""
+    for side in [*runs_dir.glob(f".{name}.creating-*"), *runs_dir.glob(f".{name}.deleting-*")]:
+        pid = side.name.rsplit("-", 2)[-2]
         if pid.isdigit() and not _alive(int(pid)):
-            _remove_tree(staging)
+            _remove_tree(side)
 
 
 def _alive(pid: int) -> bool:
@@ -294,6 +326,7 @@ class RunSummary:
 
     def begin(self, **fields: Any) -> None:
         self.data.setdefault("started", now())
+        self.data.pop("diverged", None)
         self.data.update(fields, run_format=RUN_FORMAT, **progress_from_metrics(self.run_dir))
         self._save("running")
 
@@ -304,7 +337,8 @@ class RunSummary:
     def completed(self) -> None:
         self._save("completed")
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, **fields: Any) -> None:
+        self.data.update(fields)  # e.g. diverged=True
         self._save_quietly("failed", error)
 
     def interrupted(self, error: str) -> None:

@@ -48,11 +48,6 @@ class Runtime:
     def memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def sync(self) -> None:
-        """Wait for queued GPU work, so wall-clock timings mean what they say."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():

@@ -28,6 +28,7 @@ from centerexp.losses import AuxiliaryLoss, build_aux_loss
 from centerexp.models import build_model
 from centerexp.provenance import env_info
 from centerexp.runs import (
+    NOT_A_RUN,
     MetricsLog,
     RunLock,
     RunSummary,
@@ -44,6 +45,10 @@ NUM_CLASSES = 10
 
 class Interrupted(CenterexpError):
     """SIGINT / SIGTERM arrived; the run stopped cleanly. Exit status 128 + signal, as shells do."""
+
+
+class Diverged(CenterexpError):
+    """The training loss became NaN or inf: the run failed, as a result of its config and seed."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +155,7 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, rt: Runtime, epoch:
     bad = (~torch.isfinite(step_losses)).nonzero()
     if len(bad):
         batch = bad[0].item()
-        raise CenterexpError(
+        raise Diverged(
             f"training loss became {step_losses[batch].item()} at epoch {epoch}, batch {batch + 1}: run stopped, "
             f"the checkpoint of epoch {epoch - 1} is kept"
         )
@@ -241,17 +246,22 @@ def train(
     allow_config_change: bool = False,
     command: str = "",
     progress: bool | None = None,
+    lock: RunLock | None = None,
 ) -> dict:
     """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
 
-    Holds the run folder's lock throughout (RunBusy if another process trains it). Returns the
+    Holds the run folder's lock throughout (RunBusy if another process trains it); ``lock``: one
+    this process already holds (taken when the folder was created). Returns the
     final summary; raises CenterexpError, with the run marked failed or interrupted in
     summary.json, when the run cannot finish.
     """
     run_dir = Path(run_dir)
-    with RunLock(run_dir):
+    held = lock or RunLock(run_dir).acquire()
+    try:
         remove_stale_temp_files(run_dir)  # left by a process killed mid-write
         return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress)
+    finally:
+        held.release()
 
 
 def _train_locked(cfg: Config, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress) -> dict:
@@ -301,6 +311,9 @@ def _train_locked(cfg: Config, run_dir: Path, resume: bool, allow_config_change:
     except Interrupted as e:
         summary.interrupted(str(e))
         raise Interrupted(f"{e}; resume with: centerexp train --resume {run_dir}", exit_code=e.exit_code) from None
+    except Diverged as e:
+        summary.failed(str(e), diverged=True)
+        raise
     except (SystemExit, KeyboardInterrupt) as e:  # e.g. submitit requeueing a preempted job: not a failure
         summary.interrupted(f"process stopped ({type(e).__name__}); resume with: centerexp train --resume {run_dir}")
         raise
@@ -331,8 +344,10 @@ def start_run(
     # The folder appears complete (config.yaml + summary.json) or not at all, so --resume or
     # --overwrite work on it even if this process dies before the first epoch ends.
     files = {"config.yaml": dump_config(cfg), "summary.json": RunSummary.initial()}
-    run_dir = create_run_dir(Path(runs_dir), name or Path(config_path).stem, overwrite, files)
-    return run_dir, train(cfg, run_dir, command=command, progress=progress)
+    name = name or Path(config_path).stem
+    lock = RunLock(Path(runs_dir) / name)
+    run_dir = create_run_dir(Path(runs_dir), name, overwrite, files, lock)
+    return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock)
 
 
 def resume_run(
@@ -345,7 +360,7 @@ def resume_run(
     """Continue a run from its last complete epoch, with its own config.yaml (plus overrides)."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise CenterexpError(f"--resume {run_dir}: not a centerexp run folder (no config.yaml and summary.json)", 2)
+        raise CenterexpError(f"--resume {run_dir}: {NOT_A_RUN}", 2)
     cfg = load_config(run_dir / "config.yaml", overrides)
     resolve_device(cfg.train.device)
     (run_dir / "checkpoints").mkdir(exist_ok=True)

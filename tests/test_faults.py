@@ -12,6 +12,7 @@ The child runs with train.threads=1, so no OpenMP thread pool crosses the fork.
 
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def kill_self_when(target: str, match=lambda *a, **k: True, nth: int = 1) -> Non
     import importlib
 
     module_name, attr = target.rsplit(".", 1)
-    module = {"os": os, "F": importlib.import_module("torch.nn.functional")}.get(module_name)
+    module = {"os": os, "F": importlib.import_module("torch.nn.functional"), "shutil": shutil}.get(module_name)
     module = module or importlib.import_module(module_name)
     original, hits = getattr(module, attr), [0]
 
@@ -264,3 +265,15 @@ def test_reproduce_skips_a_run_that_another_process_is_training(tmp_path):
         train_sequentially([replace(spec, state="unfinished")], progress=False, echo=lines.append)
     assert any("skipped" in line and "being trained by another process" in line for line in lines), lines
     assert (spec.run_dir / "metrics.csv").read_bytes() == before
+
+
+def test_kill_while_overwrite_deletes_the_old_run(tmp_path, linear_config, linear_reference):
+    assert in_child(lambda: start_run(linear_config, ["train.epochs=1"], tmp_path, "k", progress=False)) == 0
+
+    def victim():  # --overwrite: the old run is renamed away, then deleted; die in the middle of deleting
+        kill_self_when("shutil.rmtree", lambda path, *a, **k: ".deleting-" in str(path))
+        start_run(linear_config, [], tmp_path, "k", overwrite=True, progress=False)
+
+    assert os.WIFSIGNALED(in_child(victim))
+    assert not (tmp_path / "k").exists() and list(tmp_path.glob(".k.deleting-*"))  # no half run folder
+    assert check_recovers(linear_config, tmp_path, linear_reference[0]) == []  # and the leftover is gone

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from centerexp import launch
+from centerexp import launch, submit
 from centerexp.cli import app
 from centerexp.errors import CenterexpError
 from centerexp.launch import LaunchOptions, Outcome
@@ -166,7 +166,7 @@ def test_worker_env_splits_cpus_and_hands_out_gpus(monkeypatch):
 
 def test_parse_squeue():
     text = "123_0|RUNNING\n123_1|PENDING\n124|COMPLETED\n\n"
-    assert launch.parse_squeue(text) == {"123_0": "RUNNING", "123_1": "PENDING", "124": "COMPLETED"}
+    assert submit.parse_squeue(text) == {"123_0": "RUNNING", "123_1": "PENDING", "124": "COMPLETED"}
 
 
 class FakePaths:
@@ -186,25 +186,26 @@ def test_slurm_job_outcomes(tmp_path, monkeypatch):
     spec = RunSpec(Path("c.yaml"), (), tmp_path / "v1_0_s0", "new", "")
     job = FakeJob(tmp_path)
     now = time.monotonic()
-    assert launch._job_outcome(spec, job, "PENDING", now, slurm=True) is None
+    assert submit._job_outcome(spec, job, "PENDING", now, slurm=True) is None
+    assert submit._job_outcome(spec, job, "RUNNING", now, slurm=False) is None  # a LocalJob still going
     job.paths.stderr.write_text("srun: error: task 0: Terminated\n")
-    cancelled = launch._job_outcome(spec, job, "CANCELLED", now, slurm=True)
+    cancelled = submit._job_outcome(spec, job, "CANCELLED", now, slurm=True)
     assert cancelled.status == "failed" and "ended CANCELLED without a result: srun: error" in cancelled.error
     assert cancelled.log == job.paths.stderr
-    assert launch._job_outcome(spec, job, None, now, slurm=True) is None  # not in squeue yet: wait
-    lost = launch._job_outcome(spec, job, None, now - launch.LOST_AFTER_S - 1, slurm=True)
+    assert submit._job_outcome(spec, job, None, now, slurm=True) is None  # not in squeue yet: wait
+    lost = submit._job_outcome(spec, job, None, now - submit.LOST_AFTER_S - 1, slurm=True)
     assert lost.status == "failed" and "LOST" in lost.error
 
     import cloudpickle
 
     job.paths.result_pickle.write_bytes(cloudpickle.dumps(("success", {"status": "completed"})))
-    assert launch._job_outcome(spec, job, "RUNNING", now, slurm=True) is None  # requeued: the old result is stale
-    assert launch._job_outcome(spec, job, "COMPLETED", now, slurm=True).status == "completed"
+    assert submit._job_outcome(spec, job, "RUNNING", now, slurm=True) is None  # requeued: the old result is stale
+    assert submit._job_outcome(spec, job, "COMPLETED", now, slurm=True).status == "completed"
     job.paths.result_pickle.write_bytes(cloudpickle.dumps(("success", {"status": "busy", "error": "held by pid 9"})))
-    assert launch._job_outcome(spec, job, None, now, slurm=True).describe() == "v1_0_s0: skipped, held by pid 9"
+    assert submit._job_outcome(spec, job, None, now, slurm=True).describe() == "v1_0_s0: skipped, held by pid 9"
     trace = "Traceback (most recent call last):\n  ...\ncenterexp.errors.CenterexpError: disk full\n"
     job.paths.result_pickle.write_bytes(cloudpickle.dumps(("error", trace)))
-    failed = launch._job_outcome(spec, job, "FAILED", now, slurm=True)
+    failed = submit._job_outcome(spec, job, "FAILED", now, slurm=True)
     assert failed.error == "job 77_1: centerexp.errors.CenterexpError: disk full"
 
 
@@ -227,8 +228,8 @@ def test_launcher_json_keeps_earlier_attempts(tmp_path):
 
 
 def test_submitit_local_gets_one_gpu_per_job_round_robin():
-    assert launch.local_gpu([], [], None) == {"gpus_per_node": 0}  # CPU: LocalExecutor hides GPUs anyway
-    assert launch.local_gpu(["0", "1"], [0], None) == {"gpus_per_node": 1, "visible_gpus": (1,)}
-    assert launch.local_gpu(["2", "3"], [3, 2, 3], None) == {"gpus_per_node": 1, "visible_gpus": (2,)}
-    assert launch.local_gpu(["0", "1"], [], 2) == {"gpus_per_node": 2, "visible_gpus": (0, 1)}
-    assert launch.local_gpu(["0"], [], 0) == {"gpus_per_node": 0}
+    assert submit.local_gpu([], [], None) == {"gpus_per_node": 0}  # CPU: LocalExecutor hides GPUs anyway
+    assert submit.local_gpu(["0", "1"], [0], None) == {"gpus_per_node": 1, "visible_gpus": (1,)}
+    assert submit.local_gpu(["2", "3"], [3, 2, 3], None) == {"gpus_per_node": 1, "visible_gpus": (2,)}
+    assert submit.local_gpu(["0", "1"], [], 2) == {"gpus_per_node": 2, "visible_gpus": (0, 1)}
+    assert submit.local_gpu(["0"], [], 0) == {"gpus_per_node": 0}

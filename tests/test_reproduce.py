@@ -59,3 +59,29 @@ def test_quick_profile_keeps_the_recipes_dynamics_and_its_budget():
     assert quick.data.train_subset * quick.train.epochs == 1920 * 3
     assert quick.data.test_subset * quick.train.epochs == 1000 * 3
     assert QUICK_THRESHOLDS == (0.1 + 0.25 * 0.9, 0.1 + 0.5 * 0.9)  # a quarter and half way from chance to 1
+
+
+def test_a_failed_run_does_not_stop_the_sweep_and_a_diverged_one_is_kept(tmp_path, monkeypatch):
+    import json
+
+    from centerexp import losses
+
+    original = losses.CenterLoss.forward
+
+    def diverges_in_v1_1(self, features, labels):  # only the sqrt runs (V1.1, V1.2) blow up
+        value = original(self, features, labels)
+        return value * float("nan") if self.distance == "sqrt" else value
+
+    monkeypatch.setattr(losses.CenterLoss, "forward", diverges_in_v1_1)
+    out = []
+    with pytest.raises(CenterexpError, match=r"2 of 3 runs did not finish \(the report covers the others\)"):
+        reproduce("quick", seeds=1, runs_dir=tmp_path, progress=False, extra=TINY, echo=out.append)
+    assert any("v1_1_s0: failed, training loss became nan" in line for line in out)
+    assert json.loads((tmp_path / "v1_0_s0" / "summary.json").read_text())["status"] == "completed"  # trained after
+    summary = json.loads((tmp_path / "v1_2_s0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["diverged"] is True
+    assert "[failed]" in (tmp_path / "report.md").read_text()  # shown in the report, not dropped
+    monkeypatch.undo()
+    out.clear()  # a divergence is a result: the next call keeps it rather than diverging again
+    reproduce("quick", seeds=1, runs_dir=tmp_path, progress=False, extra=TINY, echo=out.append)
+    assert sum("already diverged, kept" in line for line in out) == 2

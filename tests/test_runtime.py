@@ -60,6 +60,12 @@ def test_a_damaged_cache_is_measured_again(tmp_path):
     assert Runtime.from_config(auto_config(tmp_path), measure=measure).precision == "fp32" and calls == ["deep"]
 
 
+def test_the_linear_net_is_not_measured(tmp_path):
+    measure, calls = measured(40.0, 90.0)
+    rt = Runtime.from_config(auto_config(tmp_path, "linear"), measure=measure)
+    assert rt.precision == "fp32" and calls == []
+
+
 def test_a_set_precision_is_not_measured(tmp_path):
     measure, calls = measured(40.0, 90.0)
     cfg = auto_config(tmp_path)
@@ -91,13 +97,18 @@ def test_a_bf16_training_step_on_cpu_is_finite():
     assert torch.isfinite(parts.aux_loss.points).all()
 
 
-def test_importing_the_cli_does_not_import_torch():
+def test_the_cli_imports_torch_only_to_train():
+    """--help and config errors must answer at once: torch takes seconds to import."""
     import subprocess
     import sys
 
-    code = "import sys, centerexp.cli; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    code = (
+        "import sys\nfrom centerexp.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
+    for args, status in ((["--help"], 0), (["train", "--help"], 0), (["train", "nope.yaml"], 2)):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+        assert out.stdout.split()[-2:] == [str(status), "False"], (args, out.stdout, out.stderr)
 
 
 def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path):
@@ -117,11 +128,11 @@ def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path):
         p: [metrics_columns(tmp_path / f"baseline_{p}_s{s}/metrics.csv")["test_acc"][-1] for s in range(3)]
         for p in ("bf16", "fp32")
     }
-    m = result["metrics"]["final_acc"]
+    m = result["metrics"]["final_test_acc"]
     diffs = [b - f for b, f in zip(final["bf16"], final["fp32"])]
     assert m["n"] == 3 and m["diff_bf16_minus_fp32"] == pytest.approx(sum(diffs) / 3)
     if len(set(diffs)) > 1:  # scipy's interval (it has none when all differences are equal)
         ci = stats.ttest_rel(final["bf16"], final["fp32"]).confidence_interval(0.95)
         assert m["ci_low"] == pytest.approx(ci.low) and m["ci_high"] == pytest.approx(ci.high)
-    assert json.loads((tmp_path / "parity.json").read_text())["metrics"]["final_acc"]["n"] == 3
+    assert json.loads((tmp_path / "parity.json").read_text())["metrics"]["final_test_acc"]["n"] == 3
     assert "95% CI" in lines[-1] and "paired t, n=3" in lines[-1]
