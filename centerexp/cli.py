@@ -176,9 +176,9 @@ def plot(
 @guarded
 def reproduce(
     profile: str = typer.Option(
-        "full", "--profile", help="full (the configs as written) or quick (~20 min on 2 CPU cores)."
+        "full", "--profile", help="full (the configs as written) or quick (a pipeline check: ~15 min on 2 CPU cores)."
     ),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds per config (0, 1, ...)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per config (0, 1, ...) [full: 5, quick: 3]."),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), "--runs-dir", help="Where the runs and report.md go."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run (e.g. train.precision=fp32)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
