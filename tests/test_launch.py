@@ -14,8 +14,9 @@ from centerexp.cli import app
 from centerexp.errors import CenterexpError
 from centerexp.launch import LaunchOptions, Outcome
 from centerexp.reproduce import RunSpec, reproduce
-from centerexp.runs import RunLock, read_json, read_metrics, write_json
-from centerexp.schema import TIMING_COLUMNS
+from centerexp.runs import RunLock, read_json, write_json
+
+from .conftest import metrics_without_timing
 
 TINY = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=1"]
 NAMES = ["v1_0_s0", "v1_1_s0", "v1_2_s0"]
@@ -33,10 +34,6 @@ def sequential(tmp_path_factory, mnist_root) -> Path:
         mp.setenv("CENTEREXP_DATA", str(mnist_root))
         reproduce("quick", seeds=1, runs_dir=runs, progress=False, extra=TINY, echo=quiet)
     return runs
-
-
-def metrics_without_timing(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in read_metrics(run_dir / "metrics.csv")]
 
 
 def assert_same_runs(runs: Path, reference: Path, names=NAMES) -> None:

@@ -19,7 +19,8 @@ import pytest
 
 from centerexp.reproduce import plan_runs, train_spec
 from centerexp.runs import read_json, read_metrics
-from centerexp.schema import TIMING_COLUMNS
+
+from .conftest import metrics_without_timing
 
 pytestmark = [
     pytest.mark.slurm,
@@ -86,10 +87,6 @@ def send_usr2(env, job_id: str, stderr: Path) -> None:
     finally:
         scancel.kill()
         scancel.wait()
-
-
-def metrics_without_timing(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in read_metrics(run_dir / "metrics.csv")]
 
 
 def test_slurm_sweep_requeues_a_timed_out_job_and_resumes_a_cancelled_one(slurm_env, tmp_path):
