@@ -226,7 +226,9 @@ def test_a_glob_over_a_compared_folder_skips_compares_own_files_quietly(tmp_path
     warnings = []
     result = compare(sorted(tmp_path.iterdir()), tmp_path, echo=quiet, warn=warnings.append)
     assert len(result["rows"]) == 3 and (tmp_path / "claims.json").is_file()
-    assert warnings == [f"skipping {tmp_path / 'notes.txt'}: not a run folder (no config.yaml and summary.json)"]
+    assert warnings == [
+        f"skipping {tmp_path / 'notes.txt'}: not a centerexp run folder (no config.yaml and summary.json)"
+    ]
 
 
 def test_stale_claims_json_is_removed_when_the_triple_is_gone(tmp_path):
