@@ -17,7 +17,7 @@ from pathlib import Path
 
 from centerexp import claims
 from centerexp.reproduce import RunSpec, config_dir, run_state, train_sequentially
-from centerexp.runs import is_run_dir, metrics_columns, read_json, write_json
+from centerexp.runs import write_json
 
 PRECISIONS = ("fp32", "bf16")
 PROFILE = [
@@ -42,17 +42,21 @@ def parity_specs(config: Path, seeds: int, runs_dir: Path, extra: list[str]) -> 
 
 
 def pair_figures(run_dir: Path) -> dict:
-    """AUC of test accuracy vs step, final test accuracy, training seconds per epoch: NaN for a
-    failed run (counted as failed), None for one that did not finish (left out)."""
-    status = read_json(run_dir / "summary.json").get("status") if is_run_dir(run_dir) else None
-    if status != "completed":
-        missing = float("nan") if status == "failed" else None
+    """AUC of test accuracy vs step, final test accuracy, training seconds per epoch, read as
+    compare reads a run: NaN for a failed run (counted as failed), None for one that did not
+    finish (left out)."""
+    from centerexp.compare import load_runs, run_figures
+
+    runs = load_runs([run_dir], warn=lambda _: None)
+    outcome = runs[0].outcome if runs else "unfinished"
+    if outcome != "completed":
+        missing = math.nan if outcome == "failed" else None
         return {"auc": missing, "final_test_acc": missing, "train_seconds": missing}
-    m = metrics_columns(run_dir / "metrics.csv")
+    figures = run_figures(runs[0], thresholds=())
     return {
-        "auc": claims.accuracy_auc(m["step"], m["test_acc"]),
-        "final_test_acc": m["test_acc"][-1],
-        "train_seconds": statistics.fmean(m["train_seconds"]),
+        "auc": figures[claims.PRIMARY],
+        "final_test_acc": figures["final_test_acc"],
+        "train_seconds": statistics.fmean(runs[0].column("train_seconds")),
     }
 
 

@@ -30,13 +30,12 @@ PROBE_STEPS = 3  # timed steps per precision at least, interleaved, after one wa
 PROBE_MIN_SECONDS = 1.0  # and at least this long in all, so that fast steps are not timed by noise
 
 
-def machine_signature(device: torch.device, threads: int) -> dict:
-    """What the measurement depends on: CPU model, cores and threads, torch version, architecture."""
+def machine_signature(threads: int) -> dict:
+    """What a CPU measurement depends on: CPU model, cores and threads, torch version, architecture."""
     from centerexp.provenance import cpu_model
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {
-        "device": name,
+        "device": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__,
@@ -109,7 +108,7 @@ def choose_precision(cfg: Config, device: torch.device, channels_last: bool, mea
     from centerexp.data import data_root
     from centerexp.runs import write_json
 
-    signature = machine_signature(device, torch.get_num_threads())
+    signature = machine_signature(torch.get_num_threads())
     key = cache_key(signature, cfg.model.arch, channels_last)
     path = data_root(cfg.data) / CACHE_FILE
     cache = _read_cache(path)

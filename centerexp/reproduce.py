@@ -123,7 +123,9 @@ def train_spec(spec: RunSpec, progress=None) -> dict:
     from centerexp.runs import RunExists
     from centerexp.train import resume_run, start_run
 
-    resume = lambda: resume_run(spec.run_dir, list(spec.overrides), progress=progress, command=spec.command)[1]  # noqa: E731
+    def resume() -> dict:
+        return resume_run(spec.run_dir, list(spec.overrides), progress=progress, command=spec.command)[1]
+
     if spec.state == "unfinished" or is_run_dir(spec.run_dir):
         return resume()
     try:

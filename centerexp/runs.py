@@ -188,7 +188,7 @@ def create_run_dir(
         runs_dir.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(runs_dir, name)
         staging = _side_name(runs_dir, name, "creating")
-        staging.mkdir(mode=0o777 & ~_umask())
+        staging.mkdir()
         (staging / "checkpoints").mkdir()
         (staging / "plots" / "features").mkdir(parents=True)
     except OSError as e:
@@ -252,8 +252,8 @@ def _remove_tree(path: Path) -> None:
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temp files of atomic writes that a killed process left behind (call with the lock held)."""
-    stale = [p for d in (run_dir, run_dir / "checkpoints", run_dir / "plots") for p in d.glob(".*.tmp")]
-    stale += list((run_dir / "plots" / "features").glob(".*.tmp"))
+    folders = (run_dir, run_dir / "checkpoints", run_dir / "plots", run_dir / "plots" / "features")
+    stale = [p for folder in folders for p in folder.glob(".*.tmp")]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -13,6 +13,7 @@ import torch
 
 from centerexp.config import Config
 from centerexp.errors import CenterexpError
+from centerexp.precision import choose_precision
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, restored when train.threads is null
 
@@ -32,8 +33,6 @@ class Runtime:
 
         ``measure`` replaces the precision measurement (tests inject one); see precision.py.
         """
-        from centerexp.precision import choose_precision
-
         device = resolve_device(cfg.train.device)
         threads = cfg.train.threads or DEFAULT_THREADS
         torch.set_num_threads(threads)
