@@ -10,7 +10,7 @@ PROFILE ?= full
 SEEDS ?= $(if $(filter quick,$(PROFILE)),3,5)  # full: 5 seeds (cheap on a GPU), quick: 3
 RUNS ?= runs
 
-.PHONY: install test test-slurm lint format reproduce bench parity clean
+.PHONY: install test test-portable drift test-slurm lint format reproduce bench parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The determinism, resume, fault, launch and parity tests (with a real-MNIST conv run among them)
+# again under other code paths of this CPU, so that a CPU the suite has never met cannot fail it:
+# oneDNN without AMX/AVX-512, ATen's scalar path, one thread. About 10 minutes on 2 cores.
+PORTABLE_TESTS := tests/test_reliability.py tests/test_faults.py tests/test_launch.py tests/test_reproduce.py tests/test_runtime.py
+test-portable: install
+	ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
+
+# How far a real conv run's numbers move with the thread count and the CPU code path (prints tables).
+drift: install
+	$(BIN)/python tests/portable/drift.py
 
 # reproduce --launcher slurm on a real single-node Slurm cluster started from a temp dir (needs root;
 # installs Debian's slurm-wlm and munge when missing). A few minutes; not part of `make test`.

@@ -81,8 +81,10 @@ def train(
         None, help="YAML config, e.g. configs/v1_0.yaml (not needed with --resume)."
     ),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set train.epochs=2 (repeatable)."),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Folder that holds run folders [default: runs]."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run folder name [default: the config file's stem]."),
+    runs_dir: Optional[Path] = typer.Option(
+        None, "--runs-dir", help="Folder that holds run folders.", show_default="runs"
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name.", show_default="the config file's stem"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name."),
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run folder from its last complete epoch."
@@ -91,6 +93,14 @@ def train(
         False, "--allow-config-change", help="With --resume: accept a config that differs from the checkpoint's."
     ),
     deterministic: bool = typer.Option(False, "--deterministic", help="Same as --set train.deterministic=true."),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for this process. A resumed run keeps the count it was trained with unless this "
+        "says otherwise (the bits of a run depend on it); env.json records each.",
+        show_default="train.threads, else one per core; on --resume the run's own",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train one run: writes RUNS_DIR/NAME/ (config, metrics, checkpoints, plots)."""
@@ -110,11 +120,13 @@ def train(
                 "(a resumed run keeps its folder and its own config.yaml)",
                 2,
             )
-        run_dir, summary = resume_run(resume, overrides, allow_config_change, command, progress)
+        run_dir, summary = resume_run(resume, overrides, allow_config_change, command, progress, threads)
     else:
         if config is None:
             raise CenterexpError("missing CONFIG (e.g. configs/v1_0.yaml) or --resume RUN", 2)
-        run_dir, summary = start_run(config, overrides, runs_dir or Path("runs"), name, overwrite, command, progress)
+        run_dir, summary = start_run(
+            config, overrides, runs_dir or Path("runs"), name, overwrite, command, progress, threads
+        )
     acc = summary.get("final_test_acc")
     acc_text = f", final test acc {acc:.4f}, best {summary['best_test_acc']:.4f}" if acc is not None else ""
     typer.echo(f"{run_dir}: {summary['status']} after {summary.get('epochs_done', 0)} epochs{acc_text}")
@@ -178,7 +190,9 @@ def reproduce(
     profile: str = typer.Option(
         "full", "--profile", help="full (the configs as written) or quick (a pipeline check: ~15 min on 2 CPU cores)."
     ),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per config (0, 1, ...) [full: 5, quick: 3]."),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", help="Seeds per config (0, 1, ...).", show_default="the profile's: full 5, quick 3"
+    ),
     runs_dir: Path = typer.Option(Path("runs/reproduce"), "--runs-dir", help="Where the runs and report.md go."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run (e.g. train.precision=fp32)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -186,11 +200,19 @@ def reproduce(
         "local", "--launcher", help="local (this machine), submitit-local (submitit's local jobs) or slurm."
     ),
     jobs: Optional[int] = typer.Option(
-        None, "--jobs", "-j", help="Runs at once (local: 1 = in this process; slurm: all). Each gets 1/N of the CPUs."
+        None,
+        "--jobs",
+        "-j",
+        help="Runs at once (local: 1 = in this process). A new run gets 1/N of the CPU threads; a resumed one "
+        "keeps its own count.",
+        show_default="local: 1; slurm: all",
     ),
     partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's)."),
     time_min: Optional[int] = typer.Option(
-        None, "--time", help="Minutes per job (slurm: 240); a job that runs out is requeued and resumes."
+        None,
+        "--time",
+        help="Minutes per job; a job that runs out is requeued and resumes.",
+        show_default="slurm: 240",
     ),
     gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", help="GPUs per job (slurm, submitit-local)."),
     cpus_per_job: Optional[int] = typer.Option(None, "--cpus-per-job", help="CPUs per job (slurm); sets its threads."),

@@ -280,15 +280,20 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+# Keys that change how fast a run computes, not what it computes in maths: a run resumed or
+# adopted with another value is the same run (env.json records what each stretch used).
+RUNTIME_ONLY_KEYS = {"train.threads"}
+
+
 def diff_configs(a: dict, b: dict) -> list[str]:
-    """Dotted keys whose values differ between two resolved config dicts.
+    """Dotted keys whose values differ between two resolved config dicts (RUNTIME_ONLY_KEYS aside).
 
     Both are first completed with this version's defaults (and stripped of keys it does not
     know), so a run written before a key with a default was added still matches its checkpoint.
     """
     a, b = normalize_config_dict(a), normalize_config_dict(b)
     keys = sorted({f"{s}.{k}" for d in (a, b) for s, body in d.items() for k in body})
-    return [k for k in keys if flat_get(a, k) != flat_get(b, k)]
+    return [k for k in keys if k not in RUNTIME_ONLY_KEYS and flat_get(a, k) != flat_get(b, k)]
 
 
 def flat_get(d: dict, dotted: str, default: Any = None) -> Any:

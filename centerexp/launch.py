@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from centerexp.errors import CenterexpError
 from centerexp.reproduce import DONE_STATES, RunSpec, train_sequentially, train_spec
-from centerexp.runs import RunBusy, RunLock, is_run_dir, read_json, write_json
+from centerexp.runs import RunBusy, RunLock, is_run_dir, read_json, recorded_threads, write_json
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
 LOG_DIR = "logs"  # under the runs dir: one log per local run, one folder per submitit job
@@ -302,6 +302,12 @@ def worker_env(slot: int, jobs: int, devices: list[str]) -> dict:
     return env
 
 
+def planned_threads(spec: RunSpec, share: int) -> int:
+    """Threads the run will train with: its own recorded count when it resumes (bit-exact on this
+    machine), else ``share`` (its 1/N of the CPUs). launcher.json records it; env.json what was used."""
+    return recorded_threads(spec.run_dir) or share
+
+
 def run_local(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sweep: Sweep) -> None:
     jobs = options.jobs or 1
     poll = options.poll_s or 0.5
@@ -322,7 +328,10 @@ def run_local(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sweep
                     proc = subprocess.Popen(worker_command(spec), stdout=f, stderr=subprocess.STDOUT, env=env)
                 running[slot] = (spec, proc, log)
                 gpu = {"cuda_visible_devices": env["CUDA_VISIBLE_DEVICES"]} if len(devices) > 1 else {}
-                sweep.submitted(spec, f"local-{proc.pid}", log, host=socket.gethostname(), pid=proc.pid, **gpu)
+                threads = planned_threads(spec, int(env["OMP_NUM_THREADS"]))
+                sweep.submitted(
+                    spec, f"local-{proc.pid}", log, host=socket.gethostname(), pid=proc.pid, threads=threads, **gpu
+                )
                 sweep.set_state(spec, "running")
             for slot, (spec, proc, log) in list(running.items()):
                 code = proc.poll()

@@ -285,6 +285,18 @@ def write_run_header(run_dir: Path, config_text: str, command: str, env: dict) -
     write_json(env_path, env)
 
 
+def recorded_threads(run_dir: Path) -> int | None:
+    """The thread count the run last trained with (env.json, its latest resume first); None if unrecorded."""
+    try:
+        env = read_json(Path(run_dir) / "env.json")
+    except (OSError, ValueError):
+        return None
+    for entry in [*reversed(env.get("resumes", [])), env]:
+        if isinstance(entry.get("threads"), int) and entry["threads"] >= 1:
+            return entry["threads"]
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # summary.json: the run's status, rewritten atomically at every change
 

@@ -28,13 +28,15 @@ class Runtime:
     precision_choice: dict = field(default_factory=dict, compare=False)  # how "auto" decided, for env.json
 
     @classmethod
-    def from_config(cls, cfg: Config, *, measure=None) -> "Runtime":
+    def from_config(cls, cfg: Config, *, threads: int | None = None, measure=None) -> "Runtime":
         """Resolve "auto" settings and apply the process-wide ones (threads, determinism).
 
-        ``measure`` replaces the precision measurement (tests inject one); see precision.py.
+        ``threads``: the intra-op thread count, ahead of ``train.threads`` and torch's default (a
+        resumed run passes the count it was trained with: reductions round differently with
+        another). ``measure`` replaces the precision measurement (tests inject one); see precision.py.
         """
         device = resolve_device(cfg.train.device)
-        threads = cfg.train.threads or DEFAULT_THREADS
+        threads = threads or cfg.train.threads or DEFAULT_THREADS
         torch.set_num_threads(threads)
         configure_determinism(cfg.train.deterministic, device)
         channels_last = cfg.train.channels_last and cfg.model.arch != "linear"

@@ -22,7 +22,7 @@ import submitit
 from submitit.core.utils import FailedSubmissionError, pickle_load
 
 from centerexp.errors import CenterexpError
-from centerexp.launch import LaunchOptions, Outcome, Sweep, cpu_count, cuda_devices, tail_error
+from centerexp.launch import LaunchOptions, Outcome, Sweep, cpu_count, cuda_devices, planned_threads, tail_error
 from centerexp.reproduce import RunSpec, train_spec
 from centerexp.runs import RunBusy
 
@@ -105,9 +105,12 @@ def run_submitit(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sw
     poll = options.poll_s or (5.0 if slurm else 0.5)
     jobs: dict[str, tuple[RunSpec, object, float]] = {}  # job id -> (spec, job, submitted at)
 
+    share = options.cpus_per_job if slurm else max(1, cpu_count() // (options.jobs or 1))
+
     def record(spec, job):
         jobs[job.job_id] = (spec, job, time.monotonic())
-        sweep.submitted(spec, job.job_id, job.paths.stdout, job.paths.stderr)
+        threads = {"threads": planned_threads(spec, share)} if share else {}  # slurm without --cpus-per-job: its default
+        sweep.submitted(spec, job.job_id, job.paths.stdout, job.paths.stderr, **threads)
 
     if slurm:
         try:

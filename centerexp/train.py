@@ -35,6 +35,7 @@ from centerexp.runs import (
     atomic_torch_save,
     create_run_dir,
     is_run_dir,
+    recorded_threads,
     remove_stale_temp_files,
     write_run_header,
 )
@@ -247,11 +248,13 @@ def train(
     command: str = "",
     progress: bool | None = None,
     lock: RunLock | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
 
     Holds the run folder's lock throughout (RunBusy if another process trains it); ``lock``: one
-    this process already holds (taken when the folder was created). Returns the
+    this process already holds (taken when the folder was created). ``threads``: see
+    Runtime.from_config. Returns the
     final summary; raises CenterexpError, with the run marked failed or interrupted in
     summary.json, when the run cannot finish.
     """
@@ -259,14 +262,14 @@ def train(
     held = lock or RunLock(run_dir).acquire()
     try:
         remove_stale_temp_files(run_dir)  # left by a process killed mid-write
-        return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress)
+        return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress, threads)
     finally:
         held.release()
 
 
-def _train_locked(cfg: Config, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress) -> dict:
+def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads):
     progress = sys.stderr.isatty() if progress is None else progress
-    rt = Runtime.from_config(cfg)
+    rt = Runtime.from_config(cfg, threads=threads)
     seed_everything(cfg.train.seed)
     train_set, test_set = load_mnist(cfg.data, cfg.train.seed, rt.device)
     parts = build_parts(cfg, rt.device, rt.channels_last)
@@ -336,6 +339,7 @@ def start_run(
     overwrite: bool = False,
     command: str = "",
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> tuple[Path, dict]:
     """Check everything that can be checked cheaply, then create the run folder and train."""
     cfg = load_config(config_path, overrides)
@@ -347,7 +351,7 @@ def start_run(
     name = name or Path(config_path).stem
     lock = RunLock(Path(runs_dir) / name)
     run_dir = create_run_dir(Path(runs_dir), name, overwrite, files, lock)
-    return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock)
+    return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock, threads=threads)
 
 
 def resume_run(
@@ -356,8 +360,14 @@ def resume_run(
     allow_config_change: bool = False,
     command: str = "",
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> tuple[Path, dict]:
-    """Continue a run from its last complete epoch, with its own config.yaml (plus overrides)."""
+    """Continue a run from its last complete epoch, with its own config.yaml (plus overrides).
+
+    It trains on with the thread count it last trained with (env.json), so that it continues bit
+    for bit on the same machine; ``threads`` (or ``train.threads`` in its config) chooses another,
+    which env.json's history then records.
+    """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise CenterexpError(f"--resume {run_dir}: {NOT_A_RUN}", 2)
@@ -365,7 +375,14 @@ def resume_run(
     resolve_device(cfg.train.device)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "plots" / "features").mkdir(parents=True, exist_ok=True)
+    threads = threads or cfg.train.threads or recorded_threads(run_dir)
     summary = train(
-        cfg, run_dir, resume=True, allow_config_change=allow_config_change, command=command, progress=progress
+        cfg,
+        run_dir,
+        resume=True,
+        allow_config_change=allow_config_change,
+        command=command,
+        progress=progress,
+        threads=threads,
     )
     return run_dir, summary

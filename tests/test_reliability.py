@@ -67,7 +67,7 @@ def test_different_seed_gives_different_numbers(tmp_path, tiny_config, reference
     assert metrics_without_timing(tmp_path / "tiny") != metrics_without_timing(reference_run)
 
 
-def _self_signalling_run(tmp_path, config, sig, at_call):
+def _self_signalling_run(tmp_path, config, sig, at_call, extra=()):
     """Train in a subprocess that sends itself ``sig`` from inside CenterLoss.forward call ``at_call``."""
     script = textwrap.dedent(f"""
         import os, sys
@@ -79,7 +79,7 @@ def _self_signalling_run(tmp_path, config, sig, at_call):
                 os.kill(os.getpid(), {int(sig)})
             return original(self, features, labels)
         losses.CenterLoss.forward = forward
-        sys.argv = ["centerexp", "train", {str(config)!r}, "--runs-dir", {str(tmp_path)!r}, "-q"]
+        sys.argv = ["centerexp", "train", {str(config)!r}, "--runs-dir", {str(tmp_path)!r}, "-q", *{list(extra)!r}]
         from centerexp.cli import main
         main()
     """)
@@ -123,6 +123,29 @@ def test_sigint_sigterm_stop_cleanly_and_resume(tmp_path, tiny_config, reference
     assert metrics_without_timing(run) == metrics_without_timing(reference_run)
     env = json.loads((run / "env.json").read_text())
     assert len(env["resumes"]) == 1 and env["resumes"][0]["torch"] == torch.__version__
+
+
+def test_resume_keeps_the_runs_thread_count_unless_told(tmp_path, tiny_config):
+    """The bits of a run depend on its thread count: a resume trains on with the run's own (from
+    env.json), not this process's default; --threads picks another, and env.json records it."""
+    from centerexp.runtime import DEFAULT_THREADS
+
+    own, other = (1, 2) if DEFAULT_THREADS != 1 else (2, 1)  # own: never what this process would pick
+    stopped = _self_signalling_run(tmp_path, tiny_config, signal.SIGINT, CALLS_PER_EPOCH + 3, ["--threads", str(own)])
+    assert stopped.returncode == 130, stopped.stderr
+    run, told = tmp_path / "tiny", tmp_path / "told"
+    shutil.copytree(run, told)
+    assert cli("train", "--resume", str(run), "-q").exit_code == 0
+    env = json.loads((run / "env.json").read_text())
+    assert env["threads"] == own and [r["threads"] for r in env["resumes"]] == [own]
+    # like with like: an uninterrupted run at the same thread count is matched bit for bit
+    assert cli("train", str(tiny_config), "--runs-dir", str(tmp_path / "ref"), "--threads", str(own), "-q").exit_code == 0
+    assert metrics_without_timing(run) == metrics_without_timing(tmp_path / "ref" / "tiny")
+
+    assert cli("train", "--resume", str(told), "--threads", str(other), "-q").exit_code == 0
+    env = json.loads((told / "env.json").read_text())
+    assert env["threads"] == own and [r["threads"] for r in env["resumes"]] == [other]
+    assert summary(told)["status"] == "completed"
 
 
 def test_a_run_that_dies_during_setup_can_be_resumed(tmp_path, tiny_config, reference_run, monkeypatch):
