@@ -106,7 +106,7 @@ def run_figures(run: Run, thresholds) -> dict:
     steps, acc = run.steps, run.column("test_acc")
     if not steps:
         return {"epochs_done": 0, "steps_done": math.nan}
-    wall, test_ce, compactness = run.column("wall_seconds"), run.column("test_ce"), run.column("compactness")
+    wall, test_ce, compactness = run.column("wall_seconds"), run.column("test_ce"), run.column("compactness_ratio")
     seconds = [v for v in run.column("epoch_seconds") if finite(v)]
     figures = {
         "epochs_done": len(steps),

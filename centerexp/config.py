@@ -25,6 +25,7 @@ class DataConfig:
     train_subset: Optional[int] = None  # number of training images (>= 2); null: all 60,000
     test_subset: Optional[int] = None  # number of test images; null: all 10,000
     subset_mode: str = "first"  # first: the first N images; random: N images drawn with train.seed
+    test_subset_seed: Optional[int] = None  # random test subset drawn with this seed; null: train.seed
     normalize: bool = False  # subtract 0.1307 and divide by 0.3081 (the seed used ToTensor only: off)
 
 
@@ -61,6 +62,7 @@ class TrainConfig:
     channels_last: bool = True  # memory format for the conv nets; faster with oneDNN and cuDNN
     deterministic: bool = False  # torch.use_deterministic_algorithms and friends
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default (one per core)
+    eval_every: Optional[int] = None  # also evaluate (and checkpoint) every N optimizer steps; null: epoch ends only
 
 
 @dataclass
@@ -109,6 +111,8 @@ RANGES = {
     "train.lr_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "train.seed": (lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
     "train.threads": (lambda v: v >= 1, ">= 1 or null"),
+    "train.eval_every": (lambda v: v >= 1, ">= 1 or null"),
+    "data.test_subset_seed": (lambda v: 0 <= v < 2**63, "in [0, 2**63) or null"),
     "plot.max_points": (lambda v: v >= 1, ">= 1"),
 }
 

@@ -137,10 +137,11 @@ def load_mnist(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -
 
     root = prepare_mnist(data_root(cfg), download=cfg.download)
     splits = []
-    for train, n in ((True, cfg.train_subset), (False, cfg.test_subset)):
+    test_seed = seed if cfg.test_subset_seed is None else cfg.test_subset_seed  # one test set for a whole sweep
+    for train, n, subset_seed in ((True, cfg.train_subset, seed), (False, cfg.test_subset, test_seed)):
         ds = MNIST(str(root), train=train, download=False)
         split = Split(ds.data.unsqueeze(1), ds.targets.long())
-        split = _subset(split, n, cfg.subset_mode, seed)
+        split = _subset(split, n, cfg.subset_mode, subset_seed)
         splits.append(Split(split.images.to(device), split.labels.to(device)))
     return splits[0], splits[1]
 

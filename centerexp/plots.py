@@ -108,9 +108,12 @@ def _sample(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(k, n)]
 
 
-def write_epoch_plots(run_dir: Path, cfg, epoch: int, train_split, tr: dict, te: dict, centers) -> None:
-    """A run's per-epoch artefacts: loss curves so far, this epoch's feature scatter (a frame of the
-    GIF, copied to features.png), and features.pt (test features, labels, centers) for compare."""
+def write_epoch_plots(
+    run_dir: Path, cfg, epoch: float, step: int, frame_name: str, train_split, tr: dict, te: dict, centers
+) -> None:
+    """A run's per-evaluation artefacts: loss curves so far, this evaluation's feature scatter
+    (plots/features/FRAME_NAME.png, a frame of the GIF, copied to features.png), and features.pt
+    (test features, labels, centers) for compare. ``epoch``: epochs done, fractional inside one."""
     from centerexp.runs import atomic_torch_save, metrics_columns
 
     run_dir = Path(run_dir)
@@ -126,15 +129,17 @@ def write_epoch_plots(run_dir: Path, cfg, epoch: int, train_split, tr: dict, te:
     test_idx = _sample(len(te["labels"]), cfg.plot.max_points, cfg.train.seed)
     test_f, test_y = te["features"].cpu()[test_idx], te["labels"].cpu()[test_idx]
     centers = None if centers is None else centers.detach().float().cpu()
+    when = f"epoch {epoch:g}" if epoch == int(epoch) else f"step {step}, epoch {epoch:.2f}"
     panels = [
-        (train_f, train_y, centers, f"train features (during epoch {epoch}, acc {tr['acc']:.3f})"),
-        (test_f, test_y, centers, f"test features (after epoch {epoch}, acc {te['acc']:.3f})"),
+        (train_f, train_y, centers, f"train features (since the last evaluation, acc {tr['acc']:.3f})"),
+        (test_f, test_y, centers, f"test features ({when}, acc {te['acc']:.3f})"),
     ]
-    frame = run_dir / "plots" / "features" / f"epoch_{epoch:03d}.png"
-    plot_features(panels, frame, f"{name}: epoch {epoch}")
+    frame = run_dir / "plots" / "features" / f"{frame_name}.png"
+    plot_features(panels, frame, f"{name}: {when}")
     atomic_write_bytes(run_dir / "plots" / "features.png", frame.read_bytes())
     atomic_torch_save(
-        {"epoch": epoch, "features": test_f, "labels": test_y, "centers": centers}, run_dir / "features.pt"
+        {"epoch": epoch, "step": step, "features": test_f, "labels": test_y, "centers": centers},
+        run_dir / "features.pt",
     )
 
 
@@ -154,7 +159,7 @@ def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
 
 def feature_gif(run_dir: Path) -> Path | None:
     """plots/features.gif from the per-epoch frames in plots/features/."""
-    frames = sorted((Path(run_dir) / "plots" / "features").glob("epoch_*.png"))
+    frames = sorted((Path(run_dir) / "plots" / "features").glob("*.png"))  # epoch_NNN or step_NNNNNNN
     out = Path(run_dir) / "plots" / "features.gif"
     return out if make_gif(frames, out) else None
 

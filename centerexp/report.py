@@ -295,7 +295,7 @@ def _secondaries(c: Claim, a: Arm, b: Arm, thresholds) -> list[str]:
         return [f.get(key) for f in arm.figures.values()]
 
     lines = [f"| secondary (no verdict) | {c.a} | {c.b} |", "|---|---|---|"]
-    for key, name in (("test_ce", "test cross-entropy"), ("compactness", "compactness (intra/center)")):
+    for key, name in (("test_ce", "test cross-entropy"), ("compactness", "compactness (intra/inter class)")):
         for f in FRACTIONS:
             k = f"{key}_at_{f:g}"
             lines.append(f"| {name} at {f:.0%} of training | {summary_cell(vals(a, k))} | {summary_cell(vals(b, k))} |")
@@ -316,7 +316,7 @@ def _secondaries(c: Claim, a: Arm, b: Arm, thresholds) -> list[str]:
 CURVE_FIGURES = (
     ("accuracy.png", [("test_acc", "test accuracy", False)]),
     ("cross_entropy.png", [("train_ce", "training cross-entropy", None), ("test_ce", "test cross-entropy", None)]),
-    ("compactness.png", [("compactness", "compactness: intra / center distance (lower = tighter)", None)]),
+    ("compactness.png", [("compactness_ratio", "compactness: intra / inter class distance (lower = tighter)", None)]),
 )
 FIGURE_FILES = ("features_grid.png", *(f for f, _ in CURVE_FIGURES))  # every figure compare may write
 

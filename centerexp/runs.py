@@ -5,7 +5,8 @@ Layout of ``runs/NAME/``::
     config.yaml          resolved config (file + overrides)
     command.txt          the command line that started (or resumed) the run
     env.json             python / torch / torchvision versions, device, precision, threads, git commit
-    metrics.csv          one row per finished epoch, appended and flushed as it goes
+    run.json             experiment, arm and profile it belongs to (if any), fingerprint of its start
+    metrics.csv          one row per evaluation (each epoch's end, every train.eval_every steps), flushed as it goes
     summary.json         status (running | completed | failed | interrupted), accuracies, timing
     checkpoints/last.pt  everything needed to resume after the last finished epoch
     features.pt          the last epoch's test features, labels and centers (for compare)
@@ -285,6 +286,21 @@ def write_run_header(run_dir: Path, config_text: str, command: str, env: dict) -
     write_json(env_path, env)
 
 
+IDENTITY = "run.json"
+
+
+def read_identity(run_dir: Path) -> dict:
+    """run.json: what the run is part of (experiment, arm, profile) and its fingerprint; {} if absent."""
+    try:
+        return read_json(Path(run_dir) / IDENTITY)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_identity(run_dir: Path, **fields: Any) -> None:
+    write_json(Path(run_dir) / IDENTITY, {**read_identity(run_dir), **fields})
+
+
 def recorded_threads(run_dir: Path) -> int | None:
     """The thread count the run last trained with (env.json, its latest resume first); None if unrecorded."""
     try:
@@ -307,15 +323,20 @@ def progress_from_metrics(run_dir: Path) -> dict:
     m = metrics_columns(path) if path.exists() else {}
     if not m.get("epoch"):
         return {"epochs_done": 0}
-    accs = m["test_acc"]
-    best = max(range(len(accs)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i])  # first best epoch
+    accs, epochs = m["test_acc"], m["epoch"]
+    best = max(range(len(accs)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i])  # first best row
+
+    def whole(x: float) -> float | int:
+        return int(x) if x == int(x) else x
+
     return {
-        "epochs_done": int(m["epoch"][-1]),
+        "epochs_done": int(epochs[-1]),  # whole epochs; a row inside an epoch has a fractional epoch
+        **({"steps_done": int(m["step"][-1])} if not math.isnan(m["step"][-1]) else {}),
         "final_test_acc": accs[-1],
         "best_test_acc": accs[best],
-        "best_epoch": int(m["epoch"][best]),
+        "best_epoch": whole(epochs[best]),
         "wall_seconds": m["wall_seconds"][-1],
-        "seconds_per_epoch": m["wall_seconds"][-1] / len(accs),
+        "seconds_per_epoch": m["wall_seconds"][-1] / epochs[-1] if epochs[-1] > 0 else math.nan,
     }
 
 
@@ -375,13 +396,14 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def truncate_to(self, epoch: int) -> None:
-        """Keep the header and the rows of epochs <= ``epoch`` (used on resume).
+    def truncate_to(self, epoch: int, step: int) -> None:
+        """Keep the header and the rows up to the checkpoint at ``step`` (used on resume); a row
+        without a step (an older run format) is kept when its epoch is <= ``epoch``.
 
         Rows are rewritten with this version's columns: ones an older version lacked stay empty,
         ones this version does not know are dropped.
         """
-        rows = [r for r in read_metrics(self.path) if _epoch(r) <= epoch] if self.path.exists() else []
+        rows = [r for r in read_metrics(self.path) if _committed(r, epoch, step)] if self.path.exists() else []
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
@@ -402,11 +424,9 @@ class MetricsLog:
             raise _write_error(self.path, e) from None
 
 
-def _epoch(row: dict) -> float:
-    try:
-        return float(row.get("epoch") or "nan")
-    except ValueError:
-        return math.nan
+def _committed(row: dict, epoch: int, step: int) -> bool:
+    row_step = _number(row.get("step"))
+    return row_step <= step if not math.isnan(row_step) else _number(row.get("epoch")) <= epoch
 
 
 def _exact(value: Any) -> str:

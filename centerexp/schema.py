@@ -13,7 +13,10 @@ from dataclasses import KW_ONLY, dataclass
 
 # Bumped when a run folder's layout or meaning changes in a way readers must know about.
 # 1: the first release (no run_format field in summary.json). 2: + "step" column, run_format field.
-RUN_FORMAT = 2
+# 3: compactness against the test features' own class means (intra_class, inter_class,
+#    compactness_ratio) and center_lag replace intra_dist / center_dist / compactness, which measured
+#    against the learned centers; rows inside an epoch (train.eval_every); run.json.
+RUN_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -33,27 +36,35 @@ def _3(heading: str) -> dict:
 
 
 METRICS: tuple[Column, ...] = (
-    Column("epoch", "epochs finished", "epochs", digits=3),
+    Column("epoch", "epochs finished; fractional for an evaluation inside an epoch", "epochs", digits=3),
     Column("step", "optimizer steps finished, cumulative over the run", "steps", digits=6),
-    Column("lr", "network learning rate used during this epoch", "1"),
-    Column("train_loss", "mean total loss (cross-entropy + center) over the epoch's training batches", "nats"),
-    Column("train_ce", "mean cross-entropy over the epoch's training batches", "nats"),
-    Column("train_center", "mean center loss over the epoch's training batches (distance form of the run)"),
-    Column("train_acc", "training accuracy during the epoch (the network changes while it is measured)", "fraction"),
-    Column("test_loss", "test cross-entropy + center loss after the epoch", "nats"),
-    Column("test_ce", "test cross-entropy after the epoch", "nats", table="final test CE"),
-    Column("test_center", "test center loss after the epoch, scored in chunks of the training batch size"),
-    Column("test_acc", "test accuracy after the epoch", "fraction"),
-    Column("intra_dist", "mean distance of a test feature to its class center", "feature units", **_3("intra dist")),
-    Column("center_dist", "mean distance between two class centers", "feature units", **_3("center dist")),
+    Column("lr", "network learning rate used for the row's steps", "1"),
+    Column("train_loss", "mean total loss (cross-entropy + center) over the training batches since the last row", "nats"),
+    Column("train_ce", "mean cross-entropy over the training batches since the last row", "nats"),
+    Column("train_center", "mean center loss over the training batches since the last row (the run's distance form)"),
+    Column("train_acc", "training accuracy over the batches since the last row (the network changes meanwhile)", "fraction"),
+    Column("test_loss", "test cross-entropy + center loss at this step", "nats"),
+    Column("test_ce", "test cross-entropy at this step", "nats", table="final test CE"),
+    Column("test_center", "test center loss at this step, scored in chunks of the training batch size"),
+    Column("test_acc", "test accuracy at this step", "fraction"),
+    Column("intra_class", "mean distance of a test feature to the mean of its class's test features", "feature units", **_3("intra")),
+    Column("inter_class", "mean distance between two class means of the test features", "feature units", **_3("inter")),
     Column(
-        "compactness", "intra_dist / center_dist: lower is tighter, better separated clusters", **_3("intra/center")
+        "compactness_ratio",
+        "intra_class / inter_class: lower is tighter, better separated classes",
+        **_3("intra/inter"),
     ),
-    Column("epoch_seconds", "wall time of the epoch: training + evaluation", "s", timing=True, digits=3),
-    Column("train_seconds", "wall time of the epoch's training steps", "s", timing=True, digits=3),
-    Column("eval_seconds", "wall time of the epoch's evaluation", "s", timing=True, digits=3),
+    Column(
+        "center_lag",
+        "mean distance of a learned class center to its class's test-feature mean (how far the centers trail)",
+        "feature units",
+        **_3("center lag"),
+    ),
+    Column("epoch_seconds", "wall time since the last row: training + evaluation", "s", timing=True, digits=3),
+    Column("train_seconds", "wall time of the training steps since the last row", "s", timing=True, digits=3),
+    Column("eval_seconds", "wall time of this row's evaluation", "s", timing=True, digits=3),
     Column("wall_seconds", "training wall time of the run so far, over all its processes", "s", timing=True),
-    Column("images_per_second", "training images per second during the epoch", "img/s", timing=True, digits=3),
+    Column("images_per_second", "training images per second since the last row", "img/s", timing=True, digits=3),
 )
 
 METRIC_COLUMNS: list[str] = [c.name for c in METRICS]

@@ -1,10 +1,11 @@
 """Training: one run of cross-entropy + an auxiliary feature loss, epoch by epoch, into a run folder.
 
 Reads top to bottom: runtime (device, precision), seeds, data, model and optimizers, maybe restore
-a checkpoint, then per epoch train -> evaluate -> metrics row -> plots -> checkpoint -> summary.
-The checkpoint is the commit point: a run killed at any moment resumes after its last
-checkpointed epoch, drops later rows, and continues bit for bit (everything it needs, RNG states
-included, is in the checkpoint dict).
+a checkpoint, then per epoch, in stretches that end every ``train.eval_every`` steps and at the
+epoch's end: train -> evaluate -> metrics row -> plots -> checkpoint -> summary. The checkpoint is
+the commit point: a run killed at any moment resumes after its last checkpoint (inside an epoch,
+too: the epoch's batch order and position are in it), drops later rows, and continues bit for bit
+(everything it needs, RNG states included, is in the checkpoint dict).
 """
 
 import contextlib
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from centerexp import plots
-from centerexp.checkpoints import checkpoint_dict, resume_point
+from centerexp.checkpoints import Position, checkpoint_dict, fingerprint, resume_point
 from centerexp.config import Config, batch_starts, dump_config, load_config
 from centerexp.data import Split, data_root, load_mnist, prepare_mnist, to_float
 from centerexp.errors import CenterexpError
@@ -37,6 +38,7 @@ from centerexp.runs import (
     is_run_dir,
     recorded_threads,
     remove_stale_temp_files,
+    write_identity,
     write_run_header,
 )
 from centerexp.runtime import Runtime, resolve_device, seed_everything
@@ -119,15 +121,14 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def train_one_epoch(parts: Parts, split: Split, cfg: Config, rt: Runtime, epoch: int, stop=None, progress=False):
-    """One pass over the shuffled training split; returns mean losses, accuracy and the features seen."""
+def train_steps(parts: Parts, split: Split, cfg: Config, rt: Runtime, perm, starts, epoch: int, stop=None, progress=False):
+    """The training batches that start at ``starts`` in the epoch's order ``perm``: one optimizer
+    step each. Returns their mean losses and accuracy, and the features seen (for the scatter)."""
     model, aux_loss = parts.model, parts.aux_loss
     model.train()
     n, bs = len(split), cfg.train.batch_size
-    perm = torch.randperm(n, generator=parts.shuffle).to(rt.device)
-    starts = batch_starts(n, bs)
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # loss, ce, aux (x batch size), correct
-    step_losses, features_seen = [], []
+    step_losses, features_seen, order = [], [], []
     for start in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch"):
         idx = perm[start : start + bs]
         x, y = prepare_batch(split.images[idx], cfg, rt), split.labels[idx]
@@ -148,17 +149,18 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, rt: Runtime, epoch:
         sums += torch.stack([loss.detach() * k, ce.detach() * k, aux.detach() * k, (logits.argmax(1) == y).sum()])
         step_losses.append(loss.detach())
         features_seen.append(features.detach().float())
+        order.append(idx)
         if stop is not None and stop.signum is not None:
             name = signal.Signals(stop.signum).name
             raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + stop.signum)
-    # Checked once per epoch rather than per step: no host sync in the loop (it matters on a GPU).
+    # Checked once per stretch rather than per step: no host sync in the loop (it matters on a GPU).
     step_losses = torch.stack(step_losses)
     bad = (~torch.isfinite(step_losses)).nonzero()
     if len(bad):
         batch = bad[0].item()
         raise Diverged(
-            f"training loss became {step_losses[batch].item()} at epoch {epoch}, batch {batch + 1}: run stopped, "
-            f"the checkpoint of epoch {epoch - 1} is kept"
+            f"training loss became {step_losses[batch].item()} at epoch {epoch}, batch "
+            f"{starts[batch] // bs + 1}: run stopped, its last checkpoint is kept"
         )
     seen = sum(min(bs, n - s) for s in starts)
     loss, ce, aux, correct = (sums / seen).tolist()
@@ -168,10 +170,24 @@ def train_one_epoch(parts: Parts, split: Split, cfg: Config, rt: Runtime, epoch:
         "center": aux,
         "acc": correct,
         "n": seen,
-        "steps": len(starts),
         "features": torch.cat(features_seen),
-        "order": perm[:seen],  # image index of each row of features
+        "order": torch.cat(order),  # image index of each row of features
     }
+
+
+def train_one_epoch(parts: Parts, split: Split, cfg: Config, rt: Runtime, epoch: int, stop=None, progress=False):
+    """A whole epoch in a fresh shuffled order (what bench times)."""
+    perm = torch.randperm(len(split), generator=parts.shuffle).to(rt.device)
+    starts = batch_starts(len(split), cfg.train.batch_size)
+    return train_steps(parts, split, cfg, rt, perm, starts, epoch, stop, progress)
+
+
+def next_evaluation(step: int, next_batch: int, batches: int, eval_every: int | None) -> int:
+    """The batch index (exclusive) where the stretch starting at ``next_batch`` ends: at the next
+    optimizer step that is a multiple of ``eval_every``, or at the end of the epoch."""
+    if not eval_every:
+        return batches
+    return min(batches, next_batch + eval_every - step % eval_every)
 
 
 @torch.inference_mode()
@@ -206,18 +222,21 @@ def evaluate(parts: Parts, split: Split, cfg: Config, rt: Runtime) -> dict:
 
 
 def compactness(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor | None) -> dict:
-    """Mean distance of a feature to its class center, mean distance between centers, their ratio
-    (NaN for a loss without centers)."""
-    if centers is None:
-        return {"intra_dist": float("nan"), "center_dist": float("nan"), "compactness": float("nan")}
-    intra = (features - centers[labels]).norm(dim=1).mean().item()
-    pair = torch.cdist(centers, centers)
-    k = len(centers)
-    inter = (pair.sum() / (k * (k - 1))).item()
-    return {"intra_dist": intra, "center_dist": inter, "compactness": intra / inter if inter > 0 else float("inf")}
+    """How tight and how separated the classes of the test features are, measured against their own
+    class means: what the features are, whatever the learned centers do. The centers lag behind the
+    features (and do not move at all with lamda = 0), so their distance to the class means is a
+    column of its own, ``center_lag`` (NaN for a loss without centers). Full feature dimension."""
+    classes = labels.unique()  # sorted; a tiny test subset may lack a digit
+    means = torch.stack([features[labels == c].mean(0) for c in classes])
+    intra = (features - means[torch.searchsorted(classes, labels)]).norm(dim=1).mean().item()
+    k = len(classes)
+    inter = (torch.cdist(means, means).sum() / (k * (k - 1))).item() if k > 1 else float("nan")
+    lag = float("nan") if centers is None else (centers[classes] - means).norm(dim=1).mean().item()
+    ratio = intra / inter if inter > 0 else float("nan")
+    return {"intra_class": intra, "inter_class": inter, "compactness_ratio": ratio, "center_lag": lag}
 
 
-def metrics_row(epoch: int, step: int, lr: float, tr: dict, te: dict, times: tuple, wall: float) -> dict:
+def metrics_row(epoch: float, step: int, lr: float, tr: dict, te: dict, times: tuple, wall: float) -> dict:
     """One metrics.csv row; its names are schema.METRICS (MetricsLog.append checks they match)."""
     t0, t1, t2 = times
     return {
@@ -226,7 +245,7 @@ def metrics_row(epoch: int, step: int, lr: float, tr: dict, te: dict, times: tup
         "lr": lr,
         **{f"train_{k}": tr[k] for k in ("loss", "ce", "center", "acc")},
         **{f"test_{k}": te[k] for k in ("loss", "ce", "center", "acc")},
-        **{k: te[k] for k in ("intra_dist", "center_dist", "compactness")},
+        **{k: te[k] for k in ("intra_class", "inter_class", "compactness_ratio", "center_lag")},
         "epoch_seconds": t2 - t0,
         "train_seconds": t1 - t0,
         "eval_seconds": t2 - t1,
@@ -274,9 +293,11 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
     train_set, test_set = load_mnist(cfg.data, cfg.train.seed, rt.device)
     parts = build_parts(cfg, rt.device, rt.channels_last)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
-    start_epoch, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (0, 0.0)
+    pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
+    if pos.step == 0:  # a fresh start: what a paired comparison must share with this run's partner
+        write_identity(run_dir, fingerprint=fingerprint(parts, train_set))
     metrics = MetricsLog(run_dir / "metrics.csv")
-    metrics.truncate_to(start_epoch)  # rows past the checkpoint come from an epoch being redone
+    metrics.truncate_to(pos.epoch, pos.step)  # rows past the checkpoint come from steps being redone
     write_run_header(run_dir, dump_config(cfg), command, env_info(rt))
     summary = RunSummary(run_dir)
     summary.begin(
@@ -284,31 +305,42 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
     )
 
     t_run = time.perf_counter()
+    n_batches = len(batch_starts(len(train_set), cfg.train.batch_size))
     try:
         with stop_on_signals() as stop:
-            epochs = range(start_epoch + 1, cfg.train.epochs + 1)
-            bar = tqdm(epochs, desc=run_dir.name, initial=start_epoch, total=cfg.train.epochs, disable=not progress)
+            epochs = range(pos.epoch + 1, cfg.train.epochs + 1)
+            bar = tqdm(epochs, desc=run_dir.name, initial=pos.epoch, total=cfg.train.epochs, disable=not progress)
             for epoch in bar:
-                lr = parts.optimizer.param_groups[0]["lr"]
-                t0 = time.perf_counter()
-                tr = train_one_epoch(parts, train_set, cfg, rt, epoch, stop, progress)
-                t1 = time.perf_counter()
-                te = evaluate(parts, test_set, cfg, rt)
-                t2 = time.perf_counter()
-                parts.scheduler.step()
-                wall = wall_before + (t2 - t_run)
-                metrics.append(metrics_row(epoch, epoch * tr["steps"], lr, tr, te, (t0, t1, t2), wall))
-                plots.write_epoch_plots(run_dir, cfg, epoch, train_set, tr, te, parts.aux_loss.points)
-                atomic_torch_save(checkpoint_dict(parts, cfg, epoch, wall), ckpt_path)  # the commit point
-                summary.epoch_finished()
-                tqdm.write(
-                    f"{run_dir.name} epoch {epoch}/{cfg.train.epochs}: "
-                    f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
-                    f"test loss {te['loss']:.4f} acc {te['acc']:.4f} | {t2 - t0:.1f}s"
-                )
-                if stop.signum is not None:  # arrived during evaluation: the epoch is complete and saved
-                    name = signal.Signals(stop.signum).name
-                    raise Interrupted(f"stopped by {name} after epoch {epoch}", exit_code=128 + stop.signum)
+                if pos.perm is None:  # a new epoch (else: resuming inside one, in its own order)
+                    pos.perm = torch.randperm(len(train_set), generator=parts.shuffle).to(rt.device)
+                while pos.perm is not None:  # stretch by stretch until the epoch is over
+                    end = next_evaluation(pos.step, pos.next_batch, n_batches, cfg.train.eval_every)
+                    lr = parts.optimizer.param_groups[0]["lr"]
+                    t0 = time.perf_counter()
+                    starts = batch_starts(len(train_set), cfg.train.batch_size)[pos.next_batch : end]
+                    tr = train_steps(parts, train_set, cfg, rt, pos.perm, starts, epoch, stop, progress)
+                    t1 = time.perf_counter()
+                    te = evaluate(parts, test_set, cfg, rt)
+                    t2 = time.perf_counter()
+                    pos.advance(end, n_batches)
+                    if pos.perm is None:  # the epoch is over
+                        parts.scheduler.step()
+                    wall = wall_before + (t2 - t_run)
+                    when = pos.epoch if pos.perm is None else epoch - 1 + end / n_batches  # epochs done, fractional
+                    metrics.append(metrics_row(when, pos.step, lr, tr, te, (t0, t1, t2), wall))
+                    frame = f"epoch_{epoch:03d}" if not cfg.train.eval_every else f"step_{pos.step:07d}"
+                    plots.write_epoch_plots(run_dir, cfg, when, pos.step, frame, train_set, tr, te, parts.aux_loss.points)
+                    atomic_torch_save(checkpoint_dict(parts, cfg, pos, wall), ckpt_path)  # the commit point
+                    summary.epoch_finished()
+                    tqdm.write(
+                        f"{run_dir.name} epoch {when:g}/{cfg.train.epochs}, step {pos.step}: "
+                        f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
+                        f"test loss {te['loss']:.4f} acc {te['acc']:.4f} | {t2 - t0:.1f}s"
+                    )
+                    if stop.signum is not None:  # arrived during evaluation: this stretch is complete and saved
+                        name = signal.Signals(stop.signum).name
+                        where = f"epoch {epoch}" if pos.perm is None else f"step {pos.step} (epoch {when:.3g})"
+                        raise Interrupted(f"stopped by {name} after {where}", exit_code=128 + stop.signum)
             if cfg.plot.gif:
                 plots.feature_gif(run_dir)
     except Interrupted as e:

@@ -277,3 +277,46 @@ def test_kill_while_overwrite_deletes_the_old_run(tmp_path, linear_config, linea
     assert os.WIFSIGNALED(in_child(victim))
     assert not (tmp_path / "k").exists() and list(tmp_path.glob(".k.deleting-*"))  # no half run folder
     assert check_recovers(linear_config, tmp_path, linear_reference[0]) == []  # and the leftover is gone
+
+
+# --- evaluations inside an epoch (train.eval_every) ---------------------------------------------
+# 256 images / batch 64 = 4 steps per epoch, eval_every 3: rows at steps 3, 4 | 6, 8 | 9, 12. Each
+# evaluation checkpoints, with the epoch's batch order and position, so a kill inside an epoch
+# resumes there. F.cross_entropy runs once per step and once per evaluation: steps 1-3, eval, step
+# 4, eval (6 calls in epoch 1), steps 5-6, eval, steps 7-8, eval (12), step 9, eval, steps 10-12.
+EVERY_3 = {**LINEAR, "train": {**LINEAR["train"], "eval_every": 3}}
+MID_EPOCH_MOMENTS = {
+    "between two evaluations, inside epoch 2 (step 5)": ("F.cross_entropy", lambda *a, **k: True, 7),
+    "right after the first (mid-epoch) row": ("centerexp.plots.plot_loss_curves", lambda *a, **k: True, 1),
+    "mid-epoch checkpoint temp file written": ("os.replace", _named("last.pt"), 1),
+    "epoch 3, after its mid-epoch checkpoint (step 11)": ("F.cross_entropy", lambda *a, **k: True, 16),
+}
+
+
+@pytest.fixture(scope="module")
+def every_3(tmp_path_factory):
+    config = write_config(tmp_path_factory.mktemp("every3") / "k.yaml", **EVERY_3)
+    runs = tmp_path_factory.mktemp("every3_reference")
+    assert in_child(lambda: start_run(config, [], runs, "k", progress=False)) == 0
+    return config, runs / "k"
+
+
+def test_eval_every_adds_rows_inside_epochs(every_3):
+    rows = read_metrics(every_3[1] / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [3, 4, 6, 8, 9, 12]
+    assert [float(r["epoch"]) for r in rows] == [0.75, 1, 1.5, 2, 2.25, 3]
+    frames = sorted(p.name for p in (every_3[1] / "plots" / "features").glob("*.png"))
+    assert frames == [f"step_{s:07d}.png" for s in (3, 4, 6, 8, 9, 12)]
+
+
+@pytest.mark.parametrize("moment", list(MID_EPOCH_MOMENTS))
+def test_kill_inside_an_epoch_with_eval_every_then_resume(tmp_path, every_3, moment):
+    config, reference = every_3
+
+    def victim():
+        kill_self_when(*MID_EPOCH_MOMENTS[moment])
+        start_run(config, [], tmp_path, "k", progress=False)
+
+    status = in_child(victim)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{moment}: the kill point was not hit"
+    assert check_recovers(config, tmp_path, reference) == []
