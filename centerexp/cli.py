@@ -12,9 +12,10 @@ from typing import List, Optional
 
 import typer
 
-from centerexp.compare import DEFAULT_THRESHOLDS
+from centerexp.analysis.compare import DEFAULT_THRESHOLDS
 from centerexp.config import CHOICES
 from centerexp.errors import CenterexpError
+from centerexp.rundir import files
 
 app = typer.Typer(
     help="Train, reproduce and compare center-loss experiments on MNIST.",
@@ -109,7 +110,7 @@ def train(
     overrides = list(set_) + (["train.deterministic=true"] if deterministic else [])
     if config is not None and resume is None:
         load_config(config, overrides)  # a config error answers before torch is imported
-    from centerexp.train import resume_run, start_run
+    from centerexp.training.train import resume_run, start_run
 
     progress = False if quiet else None
     command = _train_command(config, overrides, runs_dir, name, overwrite, resume, allow_config_change)
@@ -138,25 +139,38 @@ def compare(
     runs: List[Path] = typer.Argument(None, help="Run folders, e.g. runs/* (non-run folders are skipped)."),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Where report.md, compare.csv and figures go."),
     threshold: List[float] = typer.Option(
-        list(DEFAULT_THRESHOLDS), "--threshold", help="Test-accuracy threshold (repeatable)."
+        [],
+        "--threshold",
+        help="Test-accuracy threshold (repeatable).",
+        show_default="the experiment profile's, else " + ", ".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+    ),
+    experiment: Optional[str] = typer.Option(
+        None,
+        "--experiment",
+        help="Judge this experiment's claims (a file, or a name in configs/experiments/).",
+        show_default="the one the runs' run.json names",
     ),
     csv: Optional[str] = typer.Option(None, "--csv", help="Also write the table as CSV to this path ('-' = stdout)."),
     all_keys: bool = typer.Option(False, "--all-keys", help="Show every config key, not only those that differ."),
 ):
-    """Compare runs: table (grouped over seeds), overlaid curves, feature grid, report.md."""
-    from centerexp.compare import compare as run_compare
+    """Compare runs: table (grouped over seeds), overlaid curves, feature grid, report.md; the claims
+    of their experiment with verdicts and 95% CIs (claims.json)."""
+    from centerexp.analysis.compare import compare as run_compare
+    from centerexp.experiments.reproduce import experiment_of_runs
 
     for t in threshold:
         if not 0 < t <= 1:
             raise CenterexpError(f"--threshold {t}: expected an accuracy in (0, 1]", 2)
+    claim_set, profile_thresholds = experiment_of_runs(list(runs or []), experiment)
     run_compare(
         list(runs or []),
         out,
-        threshold,
+        threshold or profile_thresholds or DEFAULT_THRESHOLDS,
         csv,
         all_keys,
         echo=typer.echo,
         warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
+        claim_set=claim_set,
     )
 
 
@@ -170,43 +184,44 @@ def plot(
 ):
     """Redraw a run's loss curves (and feature GIF) from its files, e.g. while it is still training."""
     from centerexp.plots import feature_gif, plot_loss_curves
-    from centerexp.runs import NOT_A_RUN, is_run_dir, metrics_columns
+    from centerexp.rundir.folder import NOT_A_RUN, is_run_dir
+    from centerexp.rundir.records import metrics_columns
 
     if not is_run_dir(run):
         raise CenterexpError(f"{run}: {NOT_A_RUN}", 2)
-    metrics = metrics_columns(run / "metrics.csv")
+    metrics = metrics_columns(run / files.METRICS)
     if not metrics.get("epoch"):
         raise CenterexpError(f"{run}: no finished epoch yet, nothing to plot")
-    plot_loss_curves(metrics, run / "plots" / "loss_curves.png", run.name)
+    plot_loss_curves(metrics, run / files.LOSS_CURVES, run.name)
     typer.echo(f"wrote {run / 'plots' / 'loss_curves.png'}")
     if gif:
         path = feature_gif(run)
         typer.echo(f"wrote {path}" if path else "no per-epoch feature plots found: no GIF")
 
 
+LAUNCHER_HELP = "local (this machine), submitit-local (submitit's local jobs) or slurm."
+JOBS_HELP = (
+    "Runs at once (local: 1 = in this process). A new run gets 1/N of the CPU threads; a resumed one keeps its own."
+)
+
+
 @app.command()
 @guarded
 def reproduce(
-    profile: str = typer.Option(
-        "full", "--profile", help="full (the configs as written) or quick (a pipeline check: ~15 min on 2 CPU cores)."
+    experiment: str = typer.Argument(
+        ..., help="An experiment file, e.g. configs/experiments/v1.yaml, or its name (v1)."
     ),
+    profile: str = typer.Option("full", "--profile", help="A profile of the experiment file (e.g. full, quick)."),
     seeds: Optional[int] = typer.Option(
-        None, "--seeds", help="Seeds per config (0, 1, ...).", show_default="the profile's: full 5, quick 3"
+        None, "--seeds", help="Seeds per arm (0, 1, ...).", show_default="the profile's"
     ),
-    runs_dir: Path = typer.Option(Path("runs/reproduce"), "--runs-dir", help="Where the runs and report.md go."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run (e.g. train.precision=fp32)."),
+    runs_dir: Optional[Path] = typer.Option(
+        None, "--runs-dir", help="Where the runs and report.md go.", show_default="runs/EXPERIMENT/PROFILE"
+    ),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run (e.g. train.threads=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    launcher: str = typer.Option(
-        "local", "--launcher", help="local (this machine), submitit-local (submitit's local jobs) or slurm."
-    ),
-    jobs: Optional[int] = typer.Option(
-        None,
-        "--jobs",
-        "-j",
-        help="Runs at once (local: 1 = in this process). A new run gets 1/N of the CPU threads; a resumed one "
-        "keeps its own count.",
-        show_default="local: 1; slurm: all",
-    ),
+    launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=JOBS_HELP, show_default="local: 1; slurm: all"),
     partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's)."),
     time_min: Optional[int] = typer.Option(
         None,
@@ -221,14 +236,15 @@ def reproduce(
         [], "--slurm-option", help="Extra sbatch option KEY=VALUE, e.g. account=abc or qos=high (repeatable)."
     ),
 ):
-    """Train V1.0 / V1.1 / V1.2 over several seeds and write the comparison report."""
-    from centerexp.launch import LaunchOptions
-    from centerexp.reproduce import reproduce as run_reproduce
+    """Train an experiment's arms over seeds, then judge its claims (report.md, claims.json)."""
+    from centerexp.experiments.reproduce import reproduce as run_reproduce
+    from centerexp.sweeps.jobs import LaunchOptions
 
     options = LaunchOptions(
         launcher, jobs, partition, time_min, gpus_per_job, cpus_per_job, mem_gb, tuple(slurm_option)
     ).check()
-    run_reproduce(profile, seeds, runs_dir, False if quiet else None, list(set_), echo=typer.echo, launcher=options)
+    progress = False if quiet else None
+    run_reproduce(experiment, profile, seeds, runs_dir, progress, list(set_), echo=typer.echo, launcher=options)
 
 
 @app.command()
@@ -239,13 +255,17 @@ def parity(
     runs_dir: Path = typer.Option(Path("runs/parity"), "--runs-dir", help="Where the runs and parity.json go."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=JOBS_HELP, show_default="local: 1"),
 ):
     """bf16 vs fp32 on the same config and seeds: paired differences with 95% CIs (parity.json)."""
-    from centerexp.parity import parity as run_parity
+    from centerexp.experiments.parity import parity as run_parity
+    from centerexp.sweeps.jobs import LaunchOptions
 
     if seeds < 1:
         raise CenterexpError(f"--seeds must be >= 1, got {seeds}", 2)
-    run_parity(config, seeds, runs_dir, list(set_), False if quiet else None, typer.echo)
+    options = LaunchOptions(launcher, jobs).check()
+    run_parity(config, seeds, runs_dir, list(set_), False if quiet else None, typer.echo, options)
 
 
 @app.command()
@@ -260,7 +280,7 @@ def bench(
 ):
     """The seed's plain loop vs centerexp in fp32, bf16 and auto: img/s, % of the conv-stack ceiling,
     s/epoch and the estimated time of `make reproduce` on this machine."""
-    from centerexp.bench import run_bench
+    from centerexp.experiments.bench import run_bench
 
     if device not in CHOICES["train.device"]:
         raise CenterexpError("--device must be auto, cpu or cuda", 2)

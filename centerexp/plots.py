@@ -11,7 +11,8 @@ import torch
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
-from centerexp.runs import atomic_write_bytes
+from centerexp.rundir import files
+from centerexp.rundir.io import atomic_write_bytes
 
 DIGIT_COLORS = plt.get_cmap("tab10").colors
 
@@ -114,11 +115,12 @@ def write_epoch_plots(
     """A run's per-evaluation artefacts: loss curves so far, this evaluation's feature scatter
     (plots/features/FRAME_NAME.png, a frame of the GIF, copied to features.png), and features.pt
     (test features, labels, centers) for compare. ``epoch``: epochs done, fractional inside one."""
-    from centerexp.runs import atomic_torch_save, metrics_columns
+    from centerexp.rundir.io import atomic_torch_save
+    from centerexp.rundir.records import metrics_columns
 
     run_dir = Path(run_dir)
     name = run_dir.name
-    plot_loss_curves(metrics_columns(run_dir / "metrics.csv"), run_dir / "plots" / "loss_curves.png", name)
+    plot_loss_curves(metrics_columns(run_dir / files.METRICS), run_dir / files.LOSS_CURVES, name)
     # Training features arrive in shuffled order: find where the chosen images sit this epoch.
     order = tr["order"].cpu()
     position = torch.full((len(train_split),), -1, dtype=torch.long)
@@ -134,12 +136,12 @@ def write_epoch_plots(
         (train_f, train_y, centers, f"train features (since the last evaluation, acc {tr['acc']:.3f})"),
         (test_f, test_y, centers, f"test features ({when}, acc {te['acc']:.3f})"),
     ]
-    frame = run_dir / "plots" / "features" / f"{frame_name}.png"
+    frame = run_dir / files.FEATURE_FRAMES / f"{frame_name}.png"
     plot_features(panels, frame, f"{name}: {when}")
-    atomic_write_bytes(run_dir / "plots" / "features.png", frame.read_bytes())
+    atomic_write_bytes(run_dir / files.FEATURES_PNG, frame.read_bytes())
     atomic_torch_save(
         {"epoch": epoch, "step": step, "features": test_f, "labels": test_y, "centers": centers},
-        run_dir / "features.pt",
+        run_dir / files.FEATURES,
     )
 
 
@@ -159,8 +161,8 @@ def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
 
 def feature_gif(run_dir: Path) -> Path | None:
     """plots/features.gif from the per-epoch frames in plots/features/."""
-    frames = sorted((Path(run_dir) / "plots" / "features").glob("*.png"))  # epoch_NNN or step_NNNNNNN
-    out = Path(run_dir) / "plots" / "features.gif"
+    frames = sorted((Path(run_dir) / files.FEATURE_FRAMES).glob("*.png"))  # epoch_NNN or step_NNNNNNN
+    out = Path(run_dir) / files.FEATURES_GIF
     return out if make_gif(frames, out) else None
 
 

@@ -13,7 +13,7 @@ CONFIGS = REPO / "configs"
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """One verified, unpacked MNIST cache for the whole session (real data, from the package)."""
-    from centerexp.data import prepare_mnist
+    from centerexp.training.data import prepare_mnist
 
     return prepare_mnist(tmp_path_factory.mktemp("mnist"))
 
@@ -54,7 +54,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def metrics_without_timing(run: Path) -> list[dict]:
     """A run's metrics.csv rows without the wall-clock columns: what must match between reruns."""
-    from centerexp.runs import read_metrics
-    from centerexp.schema import TIMING_COLUMNS
+    from centerexp.rundir.records import read_metrics
+    from centerexp.rundir.schema import TIMING_COLUMNS
 
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_metrics(Path(run) / "metrics.csv")]

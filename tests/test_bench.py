@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
-from centerexp.bench import flop_per_image, format_bench, run_bench
 from centerexp.cli import app
+from centerexp.experiments.bench import flop_per_image, format_bench, run_bench
 
 
 def test_flop_count_matches_the_known_v1_cost():

@@ -10,8 +10,8 @@ import statistics
 import pytest
 from scipy import stats
 
-from centerexp import claims, report
-from centerexp.claims import (
+from centerexp.analysis import claims, report
+from centerexp.analysis.claims import (
     CONTRADICTED,
     INCONCLUSIVE,
     INSUFFICIENT,
@@ -23,7 +23,7 @@ from centerexp.claims import (
     value_at_fraction,
     welch_test,
 )
-from centerexp.report import censored_cell
+from centerexp.analysis.report import censored_cell
 
 NAN = math.nan
 

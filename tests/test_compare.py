@@ -8,10 +8,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from centerexp.analysis.compare import compare
 from centerexp.cli import app
-from centerexp.compare import compare
 from centerexp.config import Config
-from centerexp.schema import METRIC_COLUMNS
+from centerexp.rundir.schema import METRIC_COLUMNS
 
 from .conftest import write_config
 from .test_claims import paired_ci, welch_ci

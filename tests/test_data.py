@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from centerexp.config import DataConfig
-from centerexp.data import SHA256, load_mnist, prepare_mnist, to_float
 from centerexp.errors import CenterexpError
+from centerexp.training.data import SHA256, load_mnist, prepare_mnist, to_float
 
 
 def test_real_mnist_is_unpacked_verified_and_loaded(mnist_root):
@@ -49,7 +49,7 @@ def test_corrupt_cached_file_is_a_clear_error(tmp_path, mnist_root):
 def test_corrupt_packaged_file_is_a_clear_error(tmp_path):
     import shutil
 
-    from centerexp.data import PACKAGED
+    from centerexp.training.data import PACKAGED
 
     pkg = tmp_path / "pkg"
     shutil.copytree(PACKAGED, pkg)

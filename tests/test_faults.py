@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from centerexp.runs import RunBusy, RunLock, is_run_dir, read_metrics
-from centerexp.train import resume_run, start_run
+from centerexp.rundir.folder import RunBusy, RunLock, is_run_dir
+from centerexp.rundir.records import read_metrics
+from centerexp.training.train import resume_run, start_run
 
 from .conftest import metrics_without_timing, write_config
 
@@ -150,10 +151,10 @@ def _named(path: str):
 # Named moments: (function to patch, which calls count, kill at the nth). F = torch.nn.functional:
 # epoch 1 calls F.cross_entropy 4 times in training (256 images / 64) and once in evaluation.
 NAMED_MOMENTS = {
-    "setup, loading MNIST": ("centerexp.train.load_mnist", lambda *a, **k: True, 1),
-    "creating the run folder": ("centerexp.runs.atomic_write_text", lambda p, *a: ".creating-" in str(p), 2),
+    "setup, loading MNIST": ("centerexp.training.train.load_mnist", lambda *a, **k: True, 1),
+    "creating the run folder": ("centerexp.rundir.io.atomic_write_text", lambda p, *a: ".creating-" in str(p), 2),
     "mid-step, epoch 2": ("F.cross_entropy", lambda *a, **k: True, 7),
-    "evaluation, epoch 2": ("centerexp.train.evaluate", lambda *a, **k: True, 2),
+    "evaluation, epoch 2": ("centerexp.training.train.evaluate", lambda *a, **k: True, 2),
     "first metrics row written, plots not yet": ("centerexp.plots.plot_loss_curves", lambda *a, **k: True, 1),
     "drawing the feature plot, epoch 3": ("centerexp.plots.plot_features", lambda *a, **k: True, 3),
     "checkpoint temp file written, epoch 2": ("os.replace", _named("last.pt"), 2),
@@ -254,7 +255,8 @@ def test_a_live_run_is_not_trained_twice_and_a_dead_ones_lock_does_not_block(tmp
 def test_reproduce_skips_a_run_that_another_process_is_training(tmp_path):
     from dataclasses import replace
 
-    from centerexp.reproduce import plan_runs, train_sequentially
+    from centerexp.experiments.reproduce import plan_runs
+    from centerexp.sweeps.spec import train_sequentially
 
     tiny = ["model.arch=linear", "data.train_subset=128", "data.test_subset=64", "train.epochs=1", "plot.gif=false"]
     spec = plan_runs("quick", 1, tmp_path, tiny)[0]

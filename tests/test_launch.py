@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from centerexp import launch, submit
 from centerexp.cli import app
 from centerexp.errors import CenterexpError
-from centerexp.launch import LaunchOptions, Outcome
-from centerexp.reproduce import RunSpec, reproduce
-from centerexp.runs import RunLock, read_json, write_json
+from centerexp.experiments.reproduce import reproduce
+from centerexp.rundir.folder import RunLock
+from centerexp.rundir.io import read_json, write_json
+from centerexp.sweeps import launch
+from centerexp.sweeps import submitit_jobs as submit
+from centerexp.sweeps.launch import LaunchOptions, Outcome
+from centerexp.sweeps.spec import RunSpec
 
 from .conftest import metrics_without_timing
 
@@ -34,7 +37,7 @@ def sequential(tmp_path_factory, mnist_root) -> Path:
     round differently with another count: on an Intel AMX CPU, 2 threads vs 1 moved intra_dist
     in the 8th digit (issue 17), so a bit-exact comparison must hold the count fixed.
     """
-    from centerexp import runtime
+    from centerexp.training import runtime
 
     runs = tmp_path_factory.mktemp("sequential")
     with pytest.MonkeyPatch.context() as mp:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from centerexp.losses import CenterLoss
+from centerexp.training.losses import CenterLoss
 
 FEATURES = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.0], [2.0, 2.0], [-1.0, 4.0]])
 LABELS = torch.tensor([0, 1, 0, 2, 0])
@@ -137,9 +137,10 @@ def test_half_precision_features_are_upcast_to_fp32():
 
 def test_a_new_auxiliary_loss_is_a_class_and_a_config_choice(tmp_path, monkeypatch):
     """A test double without centers or trainable parameters trains end to end, with plots."""
-    from centerexp import config, losses
-    from centerexp.runs import read_metrics
-    from centerexp.train import start_run
+    from centerexp import config
+    from centerexp.rundir.records import read_metrics
+    from centerexp.training import losses
+    from centerexp.training.train import start_run
 
     from .conftest import write_config
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from centerexp.config import ModelConfig
-from centerexp.models import ConvLayer, build_model
+from centerexp.training.models import ConvLayer, build_model
 
 
 def test_conv_layer_is_biasless_conv_batchnorm_relu():

@@ -71,7 +71,7 @@ def _self_signalling_run(tmp_path, config, sig, at_call, extra=()):
     """Train in a subprocess that sends itself ``sig`` from inside CenterLoss.forward call ``at_call``."""
     script = textwrap.dedent(f"""
         import os, sys
-        from centerexp import losses
+        from centerexp.training import losses
         original, calls = losses.CenterLoss.forward, [0]
         def forward(self, features, labels):
             calls[0] += 1
@@ -128,7 +128,7 @@ def test_sigint_sigterm_stop_cleanly_and_resume(tmp_path, tiny_config, reference
 def test_resume_keeps_the_runs_thread_count_unless_told(tmp_path, tiny_config):
     """The bits of a run depend on its thread count: a resume trains on with the run's own (from
     env.json), not this process's default; --threads picks another, and env.json records it."""
-    from centerexp.runtime import DEFAULT_THREADS
+    from centerexp.training.runtime import DEFAULT_THREADS
 
     own, other = (1, 2) if DEFAULT_THREADS != 1 else (2, 1)  # own: never what this process would pick
     stopped = _self_signalling_run(tmp_path, tiny_config, signal.SIGINT, CALLS_PER_EPOCH + 3, ["--threads", str(own)])
@@ -139,7 +139,9 @@ def test_resume_keeps_the_runs_thread_count_unless_told(tmp_path, tiny_config):
     env = json.loads((run / "env.json").read_text())
     assert env["threads"] == own and [r["threads"] for r in env["resumes"]] == [own]
     # like with like: an uninterrupted run at the same thread count is matched bit for bit
-    assert cli("train", str(tiny_config), "--runs-dir", str(tmp_path / "ref"), "--threads", str(own), "-q").exit_code == 0
+    assert (
+        cli("train", str(tiny_config), "--runs-dir", str(tmp_path / "ref"), "--threads", str(own), "-q").exit_code == 0
+    )
     assert metrics_without_timing(run) == metrics_without_timing(tmp_path / "ref" / "tiny")
 
     assert cli("train", "--resume", str(told), "--threads", str(other), "-q").exit_code == 0
@@ -197,7 +199,7 @@ def test_resume_refuses_a_changed_config_unless_told(tmp_path, reference_run):
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config, monkeypatch):
-    from centerexp import losses
+    from centerexp.training import losses
 
     original, calls = losses.CenterLoss.forward, [0]
 
@@ -311,7 +313,7 @@ def test_resume_with_a_corrupt_checkpoint(workspace, damage):
 
 
 def test_corrupt_dataset_file(workspace, tiny_config, tmp_path, monkeypatch):
-    from centerexp.data import prepare_mnist
+    from centerexp.training.data import prepare_mnist
 
     runs, before = workspace
     cache = prepare_mnist(tmp_path / "cache")

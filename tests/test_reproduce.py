@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from centerexp.errors import CenterexpError
-from centerexp.reproduce import reproduce
+from centerexp.experiments.reproduce import reproduce
 
 # The V1 configs turned into tiny linear runs, so the orchestration is tested in seconds.
 TINY = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=1"]
@@ -42,9 +42,9 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
 
 
 def test_quick_profile_keeps_the_recipes_dynamics_and_its_budget():
-    from centerexp.claims import RECIPE_STEPS, steps_from_config
+    from centerexp.analysis.claims import RECIPE_STEPS, steps_from_config
     from centerexp.config import load_config
-    from centerexp.reproduce import PROFILES, QUICK_THRESHOLDS, config_dir
+    from centerexp.experiments.reproduce import PROFILES, QUICK_THRESHOLDS, config_dir
 
     full = load_config(config_dir() / "v1_0.yaml", PROFILES["full"])
     quick = load_config(config_dir() / "v1_0.yaml", PROFILES["quick"])
@@ -64,7 +64,7 @@ def test_quick_profile_keeps_the_recipes_dynamics_and_its_budget():
 def test_a_failed_run_does_not_stop_the_sweep_and_a_diverged_one_is_kept(tmp_path, monkeypatch):
     import json
 
-    from centerexp import losses
+    from centerexp.training import losses
 
     original = losses.CenterLoss.forward
 

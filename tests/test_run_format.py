@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from centerexp.compare import compare
-from centerexp.runs import read_metrics
-from centerexp.schema import METRIC_COLUMNS, MISSING, RUN_FORMAT, reference_table
-from centerexp.train import resume_run
+from centerexp.analysis.compare import compare
+from centerexp.rundir.records import read_metrics
+from centerexp.rundir.schema import METRIC_COLUMNS, MISSING, RUN_FORMAT, reference_table
+from centerexp.training.train import resume_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v3"
 FORMAT_2 = Path(__file__).parent / "fixtures" / "run_v2"

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from centerexp import precision
 from centerexp.config import Config
-from centerexp.runtime import Runtime
+from centerexp.training import precision
+from centerexp.training.runtime import Runtime
 
 
 def measured(fp32: float, bf16: float):
@@ -82,8 +82,8 @@ def test_the_real_measurement_returns_two_positive_rates():
 
 
 def test_a_bf16_training_step_on_cpu_is_finite():
-    from centerexp.data import Split
-    from centerexp.train import build_parts, train_one_epoch
+    from centerexp.training.data import Split
+    from centerexp.training.train import build_parts, train_one_epoch
 
     cfg = Config()
     cfg.model.arch, cfg.train.precision, cfg.train.device, cfg.train.batch_size = "shallow", "bf16", "cpu", 16
@@ -114,8 +114,8 @@ def test_the_cli_imports_torch_only_to_train():
 def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path):
     from scipy import stats
 
-    from centerexp.parity import parity
-    from centerexp.runs import metrics_columns
+    from centerexp.experiments.parity import parity
+    from centerexp.rundir.records import metrics_columns
 
     from .conftest import CONFIGS
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from centerexp.reproduce import plan_runs, train_spec
-from centerexp.runs import read_json, read_metrics
+from centerexp.experiments.reproduce import plan_runs
+from centerexp.rundir.io import read_json
+from centerexp.rundir.records import read_metrics
+from centerexp.sweeps.spec import train_spec
 
 from .conftest import metrics_without_timing
 
@@ -116,7 +118,9 @@ def test_slurm_sweep_requeues_a_timed_out_job_and_resumes_a_cancelled_one(slurm_
     assert first.returncode == 1, output
     assert (runs / "report.md").is_file()
     assert "1 of 6 runs did not finish" in output
-    assert f"{cancelled}: failed (job {cancelled_job}: centerexp.train.Interrupted: stopped by SIGTERM" in output
+    assert (
+        f"{cancelled}: failed (job {cancelled_job}: centerexp.training.train.Interrupted: stopped by SIGTERM" in output
+    )
     cancelled_log = read_json(runs / cancelled / "launcher.json")["stderr"]
     assert f"log: {cancelled_log}" in output and Path(cancelled_log).is_file()
     summary = read_json(runs / cancelled / "summary.json")

@@ -8,7 +8,9 @@ import yaml
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.runs import FILE_MODE, METRIC_COLUMNS, read_metrics
+from centerexp.rundir.io import FILE_MODE
+from centerexp.rundir.records import read_metrics
+from centerexp.rundir.schema import METRIC_COLUMNS
 
 from .conftest import CONFIGS, snapshot, write_config
 
@@ -137,8 +139,8 @@ def test_baseline_learns_on_real_mnist(tmp_path):
 @pytest.mark.parametrize("update", ["sgd", "ema"])
 def test_centers_move_during_training(tmp_path, update):
     from centerexp.config import load_config
-    from centerexp.runs import create_run_dir
-    from centerexp.train import train
+    from centerexp.rundir.folder import create_run_dir
+    from centerexp.training.train import train
 
     cfg = load_config(
         write_config(
@@ -149,7 +151,7 @@ def test_centers_move_during_training(tmp_path, update):
         )
     )
     torch.manual_seed(cfg.train.seed)
-    from centerexp.train import build_parts
+    from centerexp.training.train import build_parts
 
     initial = build_parts(cfg, torch.device("cpu")).aux_loss.points.detach().clone()
     run = create_run_dir(tmp_path / "runs", "c", overwrite=False)

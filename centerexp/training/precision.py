@@ -32,7 +32,7 @@ PROBE_MIN_SECONDS = 1.0  # and at least this long in all, so that fast steps are
 
 def machine_signature(threads: int) -> dict:
     """What a CPU measurement depends on: CPU model, cores and threads, torch version, architecture."""
-    from centerexp.provenance import cpu_model
+    from centerexp.rundir.provenance import cpu_model
 
     return {
         "device": cpu_model(),
@@ -50,7 +50,7 @@ def cache_key(signature: dict, arch: str, channels_last: bool) -> str:
 def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -> dict[str, float]:
     """Training images/s of ``cfg.model`` in fp32 and bf16: forward, backward and an SGD step on
     random images, the two precisions interleaved so that a slow moment hits both alike."""
-    from centerexp.models import build_model
+    from centerexp.training.models import build_model
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
@@ -105,8 +105,8 @@ def choose_precision(cfg: Config, device: torch.device, channels_last: bool, mea
     if cfg.model.arch == "linear":  # the linear net computes in fp32 under autocast: nothing to gain
         return "fp32", {"mode": "auto: the linear net runs in fp32", "chosen": "fp32"}
 
-    from centerexp.data import data_root
-    from centerexp.runs import write_json
+    from centerexp.rundir.io import write_json
+    from centerexp.training.data import data_root
 
     signature = machine_signature(torch.get_num_threads())
     key = cache_key(signature, cfg.model.arch, channels_last)

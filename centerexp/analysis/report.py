@@ -1,33 +1,22 @@
 """What compare writes for a reader: the table's cells, report.md and its figures.
 
-compare measures and groups the runs and ``centerexp.claims`` judges the V1 claims; this module
-only puts their numbers into words: table cells, where the runs were produced, what the metrics
-mean, each claim's section, and the figures the report shows. Nothing here changes a number.
+compare measures and groups the runs and ``analysis.claims`` judges an experiment's claims; this
+module only puts their numbers into words: table cells, where the runs were produced, what the
+metrics mean, each claim's section, and the figures the report shows. Nothing here changes a number.
 """
 
 import math
 import statistics
 from pathlib import Path
 
-from centerexp import claims
-from centerexp.claims import (
-    CHANCE,
-    CONFIDENCE,
-    FRACTIONS,
-    MIN_RUNS,
-    PRIMARY_NAME,
-    RECIPE_BATCH,
-    RECIPE_EPOCHS,
-    RECIPE_LAMDA,
-    RECIPE_STEPS,
-    Arm,
-    Claim,
-    ClaimResult,
-    finite,
-)
-from centerexp.config import MNIST_TRAIN_IMAGES, steps_per_epoch
-from centerexp.runs import read_json
-from centerexp.schema import MISSING, format_value
+from centerexp.analysis.claims import Arm, ClaimResult
+from centerexp.analysis.curves import CHANCE
+from centerexp.analysis.metrics import METRICS
+from centerexp.analysis.runs import FRACTIONS
+from centerexp.analysis.stats import CONFIDENCE, MIN_RUNS, censored_median, finite
+from centerexp.rundir import files
+from centerexp.rundir.io import read_json
+from centerexp.rundir.schema import MISSING, format_value
 
 # --- cells --------------------------------------------------------------------------------------
 
@@ -56,7 +45,7 @@ def censored_cell(values: list[float | None], end: float | None, digits: int = 4
     """A table cell: "450 (2/3 reached)", "> 540 (1/3 reached)"; one run: "450" or "> 540 (not reached)"."""
     if not values:
         return MISSING
-    median, reached, n = claims.censored_median(values)
+    median, reached, n = censored_median(values)
     bound = f"> {end:.{digits}g}" if finite(end) else "never"
     shown = f"{median:.{digits}g}" if math.isfinite(median) else bound
     if n == 1:
@@ -72,9 +61,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def summary_line(cr: ClaimResult) -> str:
     """One claim's verdict on one line, for the terminal."""
-    r = cr.result
+    r, c = cr.result, cr.claim
     return (
-        f"claim {cr.claim.id}. {cr.claim.title}: {r.verdict} (AUC {cr.claim.a} - {cr.claim.b} "
+        f"claim {c.id}. {c.says}: {r.verdict} ({c.metric_text()} {cr.a.label} - {cr.b.label} "
         f"{number(r.diff, sign=True)}, {CONFIDENCE:.0%} CI [{number(r.ci_low, sign=True)}, "
         f"{number(r.ci_high, sign=True)}], {r.test}, n = {r.n_a}, {r.n_b}, failed = {r.failed_a}, {r.failed_b})"
     )
@@ -88,7 +77,7 @@ def provenance(runs: list) -> list[str]:
     envs = []
     for r in runs:
         try:
-            env = read_json(r.path / "env.json")
+            env = read_json(r.path / files.ENV)
         except (OSError, ValueError):
             continue
         envs += [env, *env.get("resumes", [])]  # a resumed run may have continued elsewhere
@@ -132,7 +121,7 @@ TABLE_NOTE = (
 )
 
 
-def report_markdown(runs, table, v1, results, figures, thresholds, command) -> str:
+def report_markdown(runs, table, claim_set, results, figures, thresholds, command) -> str:
     dropped = sorted({k for r in runs for k in r.dropped_keys})
     parts = [
         "# centerexp comparison",
@@ -146,15 +135,22 @@ def report_markdown(runs, table, v1, results, figures, thresholds, command) -> s
     ]
     if dropped:
         parts += [f"Config keys this version does not know were ignored: {', '.join(dropped)}.", ""]
+    recomputed = sorted(r.name for r in runs if r.recomputed)
+    if recomputed:
+        parts += [
+            f"Runs of an older format ({', '.join(recomputed)}) measured compactness against the learned centers; "
+            "their class-mean columns were recomputed for the last evaluation from features.pt and are missing "
+            "before it.",
+            "",
+        ]
     parts += [TABLE_NOTE, "", table, "", *definitions_markdown(thresholds)]
     if results:
-        cfg = v1["V1.0"].config
-        batch = cfg.get("train.batch_size")
-        planned = claims.steps_from_config([cfg.get("train.epochs")], cfg.get("data.train_subset"), batch)[0]
+        first = next((r for r in runs if claim_set.arm_of(r) == results[0].claim.better), runs[0])
+        cfg = first.config
         parts += [
-            "## The V1 experiments' claims",
+            f"## The claims of experiment `{claim_set.name}`: {claim_set.title}",
             "",
-            *coverage_markdown(planned, batch, cfg.get("loss.lamda"), cfg.get("data.train_subset")),
+            *coverage_markdown(first.figures.get("steps_done", math.nan), cfg, claim_set.coverage),
             *claims_markdown(results, thresholds),
         ]
     parts += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
@@ -175,58 +171,67 @@ def definitions_markdown(thresholds) -> list[str]:
     """What the report's numbers mean, written into the report itself."""
     fractions = ", ".join(f"{f:.0%}" for f in FRACTIONS)
     return [
-        '## What "converges faster" means here',
+        "## What the numbers mean",
         "",
-        f"- **Primary metric: {PRIMARY_NAME}** (`acc AUC`). Test accuracy is plotted against cumulative "
-        f"optimizer steps, starting at (step 0, chance = {CHANCE:g}: no evaluation is made before training and "
-        "an untrained 10-class net is at chance in expectation); the evaluations are joined by straight lines "
-        "(trapezoid rule) and the area is divided by the last step. It is the mean test accuracy over training, "
-        "in [0, 1]: higher means the accuracy rose earlier. Steps, not epochs or seconds, because the arms of a "
-        "claim take the same steps and steps do not depend on the machine. Runs written before metrics.csv had "
-        "a `step` column get their steps from the config (batches per epoch x epochs).",
-        f"- **Verdicts** come from a {CONFIDENCE:.0%} t confidence interval of (claimed faster) - (other) on the "
-        "primary metric: `supported` when it excludes 0 on the claimed side, `contradicted` when it excludes 0 "
-        f"on the other side, `inconclusive` otherwise, `insufficient evidence` when fewer than {MIN_RUNS} "
-        "completed (for claim 1: paired) runs remain in either group. Failed runs (diverged, NaN, stopped with "
-        "an error) are listed and counted, not used in the interval; the report says when they change n.",
-        f"- **Secondaries** (no verdict): test cross-entropy and compactness (intra/center distance of the test "
-        f"features, lower is tighter) at {fractions} of each run's steps, joining evaluations by straight "
-        "lines (— before the first evaluation); steps to each accuracy threshold as the median over runs "
-        'where a run that never reached it counts as later than every run that did, with "k/n reached".',
+        f"- **acc AUC**: {METRICS['acc_auc'].meaning}. Test accuracy is plotted against cumulative optimizer "
+        f"steps, starting at (step 0, chance = {CHANCE:g}: no evaluation is made before training and an "
+        "untrained 10-class net is at chance in expectation); the evaluations are joined by straight lines "
+        "(trapezoid rule) and the area is divided by the last step, so it lies in [0, 1] and is higher when "
+        "the accuracy rose earlier. Steps, not epochs or seconds: the arms of a claim take the same steps, and "
+        "steps do not depend on the machine. Runs written before metrics.csv had a `step` column get their "
+        "steps from the config (batches per epoch x epochs).",
+        "- **intra / inter**: mean distance of a test feature to its class's mean test feature, and mean "
+        "distance between two class means; **intra/inter** is their ratio (lower = tighter, better separated "
+        "classes), in the full feature dimension. **center lag**: mean distance of a learned center to its "
+        "class mean (how far the centers trail the features). The center loss itself is not compared: the "
+        "squared and sqrt forms are in different units.",
+        f"- **Verdicts** come from a {CONFIDENCE:.0%} t confidence interval of (claimed better) - (other) on the "
+        "claim's metric: `supported` when it excludes 0 on the better side (for a claim with a margin m, 'not "
+        "worse by more than m': when it excludes -m), `contradicted` when it lies wholly on the other side, "
+        f"`inconclusive` otherwise, `insufficient evidence` when fewer than {MIN_RUNS} completed (for a paired "
+        "claim: paired) runs remain in either arm, `not comparable` when the arms trained with different "
+        "precision, device type or torch version. Failed runs (diverged, NaN, stopped with an error) are "
+        "listed and counted, not used in the interval.",
+        f"- **Secondaries** (no verdict): test cross-entropy and compactness (intra/inter) at {fractions} of "
+        "each run's steps, joining evaluations by straight lines (— before the first evaluation); steps to "
+        "each accuracy threshold as the median over runs where a run that never reached it counts as later "
+        'than every run that did, with "k/n reached".',
         f"- **Thresholds** {', '.join(f'{t:g}' for t in thresholds)}: {threshold_rationale(thresholds)}.",
         "",
     ]
 
 
-def coverage_markdown(steps_done: float, batch_size: int, lamda: float, train_subset: int | None = None) -> list[str]:
-    """How much of the recipe these runs cover, and whether their center-loss dynamics match it."""
+def coverage_markdown(steps_done: float, cfg: dict, recipe: dict) -> list[str]:
+    """How much of the full recipe these runs cover, and whether their center-loss dynamics match it.
+    ``recipe``: the experiment's full profile (steps, batch_size, lamda); ``cfg``: a run's flat config."""
+    if not recipe:
+        return []
     lines = []
-    fraction = steps_done / RECIPE_STEPS if finite(steps_done) else math.nan
-    recipe = (
-        f"{RECIPE_EPOCHS} epochs x {steps_per_epoch(MNIST_TRAIN_IMAGES, RECIPE_BATCH)} steps of batch {RECIPE_BATCH}"
-    )
+    full_steps, full_batch, full_lamda = recipe["steps"], recipe["batch_size"], recipe["lamda"]
+    batch_size, lamda, subset = cfg.get("train.batch_size"), cfg.get("loss.lamda"), cfg.get("data.train_subset")
+    fraction = steps_done / full_steps if finite(steps_done) and full_steps else math.nan
     if finite(fraction):
         lines.append(
-            f"These runs train for {steps_done:,.0f} optimizer steps: {fraction:.1%} of the recipe's "
-            f"{RECIPE_STEPS:,} ({recipe})."
+            f"These runs train for {steps_done:,.0f} optimizer steps: {fraction:.1%} of the full profile's "
+            f"{full_steps:,} (batch {full_batch})."
         )
     if finite(fraction) and fraction < 0.99:
+        where = f", on a {subset:,}-image training subset" if subset else ""
         lines.append(
-            "**This is a pipeline check, not a test of the claims**: the verdicts below describe only this "
-            "early part of training" + (f", on a {train_subset:,}-image training subset." if train_subset else ".")
+            f"**The verdicts below describe only the first {steps_done:,.0f} steps of training{where}**, not "
+            "the end of a full run."
         )
-    effective = lamda * RECIPE_BATCH / batch_size
-    if math.isclose(effective, RECIPE_LAMDA):
-        if batch_size != RECIPE_BATCH:
-            lines.append(
-                f"Batch {batch_size} with lamda {lamda:g} = {RECIPE_LAMDA:g} x {batch_size}/{RECIPE_BATCH}: the "
-                "center pull on each feature relative to cross-entropy, and each center's SGD step, are the "
-                "recipe's (the count-normalised loss scales as lamda / batch)."
-            )
-    else:
+    effective = lamda * full_batch / batch_size if lamda else lamda
+    if lamda and math.isclose(effective, full_lamda) and batch_size != full_batch:
         lines.append(
-            f"Batch {batch_size} with lamda {lamda:g} acts like lamda {effective:g} at the recipe's batch "
-            f"{RECIPE_BATCH} (the count-normalised loss scales as lamda / batch): not the recipe's dynamics."
+            f"Batch {batch_size} with lamda {lamda:g} = {full_lamda:g} x {batch_size}/{full_batch}: the center "
+            "pull on each feature relative to cross-entropy, and each center's SGD step, are the full recipe's "
+            "(the count-normalised loss scales as lamda / batch)."
+        )
+    elif lamda and not math.isclose(effective, full_lamda):
+        lines.append(
+            f"Batch {batch_size} with lamda {lamda:g} acts like lamda {effective:g} at the full profile's batch "
+            f"{full_batch} (the count-normalised loss scales as lamda / batch): not its dynamics."
         )
     return [part for line in lines for part in (line, "")]  # one paragraph each
 
@@ -234,14 +239,14 @@ def coverage_markdown(steps_done: float, batch_size: int, lamda: float, train_su
 def claims_markdown(results: list[ClaimResult], thresholds) -> list[str]:
     """The claims section: a summary table, then each claim's test, runs and secondaries."""
     lines = [
-        "| claim | verdict | metric | test | n (a, b) | failed (a, b) | effect: AUC a - b | 95% CI |",
+        "| claim | verdict | metric (better) | test | n (a, b) | failed (a, b) | effect: a - b | 95% CI |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for cr in results:
-        r = cr.result
+        r, c = cr.result, cr.claim
         lines.append(
-            f"| {cr.claim.id}. {cr.claim.title} | **{r.verdict}** | acc AUC | {r.test} | {r.n_a}, {r.n_b} | "
-            f"{r.failed_a}, {r.failed_b} | {number(r.diff, sign=True)} | "
+            f"| {c.id}. {c.says} | **{r.verdict}** | {c.metric_text()} ({c.direction}) | {r.test} | "
+            f"{r.n_a}, {r.n_b} | {r.failed_a}, {r.failed_b} | {number(r.diff, sign=True)} | "
             f"[{number(r.ci_low, sign=True)}, {number(r.ci_high, sign=True)}] |"
         )
     lines.append("")
@@ -253,20 +258,25 @@ def claims_markdown(results: list[ClaimResult], thresholds) -> list[str]:
 def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
     c, r, a, b = cr.claim, cr.result, cr.a, cr.b
     p_value = format_value(r.p_value, 2)
+    margin = (
+        f" The claim is non-inferiority: {a.label} is not worse than {b.label} by more than {c.margin:g}."
+        if c.margin
+        else ""
+    )
     lines = [
-        f"### {c.id}. {c.title}",
+        f"### {c.id}. {c.says}",
         "",
-        f"**{r.verdict}**. {c.a} - {c.b} on the {PRIMARY_NAME}: {number(r.diff, sign=True)}, "
-        f"{CONFIDENCE:.0%} CI [{number(r.ci_low, sign=True)}, {number(r.ci_high, sign=True)}] "
-        f"({r.test}, n = {r.n_a} and {r.n_b}, df = {number(r.df, 2)}, p = {p_value}; "
-        f"means {number(r.mean_a)} and {number(r.mean_b)}).",
+        f"**{r.verdict}**. {a.label} - {b.label} on {c.metric_text()} ({METRICS[c.metric].meaning}; "
+        f"{c.direction} is better): {number(r.diff, sign=True)}, {CONFIDENCE:.0%} CI "
+        f"[{number(r.ci_low, sign=True)}, {number(r.ci_high, sign=True)}] ({r.test}, n = {r.n_a} and {r.n_b}, "
+        f"df = {number(r.df, 2)}, p = {p_value}; means {number(r.mean_a)} and {number(r.mean_b)}).{margin}",
         "",
-        f"Test: {c.why_test}",
-        "",
+        *([f"Design: {c.design}. {c.why}", ""] if c.why else [f"Design: {c.design}.", ""]),
         *[f"- {n}" for n in r.notes],
         *([""] if r.notes else []),
     ]
     seeds = sorted(set(a.values) | set(b.values))
+    paired = cr.design_used == "paired"
 
     def cell(arm: Arm, s: int) -> str:
         if s not in arm.values or arm.values[s] is None:
@@ -276,32 +286,32 @@ def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
             return f"failed: {arm.failures.get(s, 'non-finite metric')}"
         return f"{v:.4f}"
 
-    header = f"| seed | {c.a} AUC | {c.b} AUC |" + (" difference |" if c.paired else "")
-    lines += [header, "|---|---|---|" + ("---|" if c.paired else "")]
+    header = f"| seed | {a.label} | {b.label} |" + (" difference |" if paired else "")
+    lines += [header, "|---|---|---|" + ("---|" if paired else "")]
     for s in seeds:
         row = f"| {s} | {cell(a, s)} | {cell(b, s)} |"
-        if c.paired:
+        if paired:
             va, vb = a.values.get(s), b.values.get(s)
             row += f" {number(va - vb, sign=True) if finite(va) and finite(vb) else 'not paired'} |"
         lines.append(row)
-    if not c.paired:
+    if not paired:
         lines += ["", "(Listed by seed for reference; not paired.)"]
-    lines += ["", *_secondaries(c, a, b, thresholds), ""]
+    lines += ["", *_secondaries(a, b, thresholds), ""]
     return lines
 
 
-def _secondaries(c: Claim, a: Arm, b: Arm, thresholds) -> list[str]:
+def _secondaries(a: Arm, b: Arm, thresholds) -> list[str]:
     def vals(arm: Arm, key: str) -> list:
-        return [f.get(key) for f in arm.figures.values()]
+        return [run.figures.get(key) for run in arm.runs.values() if run.outcome == "completed"]
 
-    lines = [f"| secondary (no verdict) | {c.a} | {c.b} |", "|---|---|---|"]
-    for key, name in (("test_ce", "test cross-entropy"), ("compactness", "compactness (intra/inter class)")):
+    lines = [f"| secondary (no verdict) | {a.label} | {b.label} |", "|---|---|---|"]
+    for key, name in (("test_ce", "test cross-entropy"), ("compactness", "compactness (intra/inter)")):
         for f in FRACTIONS:
             k = f"{key}_at_{f:g}"
             lines.append(f"| {name} at {f:.0%} of training | {summary_cell(vals(a, k))} | {summary_cell(vals(b, k))} |")
     for t in thresholds:
         k = f"steps_to_{t:g}"
-        ends = [f.get("steps_done") for f in [*a.figures.values(), *b.figures.values()]]
+        ends = vals(a, "steps_done") + vals(b, "steps_done")
         end = max((e for e in ends if finite(e)), default=None)
         lines.append(
             f"| steps to test accuracy {t:g} (median) | {censored_cell(vals(a, k), end)} | "
@@ -346,9 +356,9 @@ def plot_feature_grid(runs: list, out: Path) -> str | None:
 
     panels = []
     for run in runs:
-        if not (run.path / "features.pt").is_file():
+        if not (run.path / files.FEATURES).is_file():
             continue
-        data = torch.load(run.path / "features.pt", weights_only=True)
+        data = torch.load(run.path / files.FEATURES, weights_only=True)
         acc = run.figures.get("final_test_acc", math.nan)
         title = f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}"
         panels.append((data["features"], data["labels"], data["centers"], title))

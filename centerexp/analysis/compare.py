@@ -4,8 +4,8 @@ Runs whose configs (read through the config loader, so a key added later with a 
 split groups) differ only in ``train.seed`` form a group. Completed runs of a group are summarised
 as mean ± sample std over seeds; failed and unfinished runs are shown on rows of their own, right
 after their group, and never averaged. Values a run lacks (an older or newer run format) show as
-"—". When the runs hold the V1.0 / V1.1 / V1.2 triple, the claims of ``centerexp.claims`` are
-judged and written to claims.json as well. ``centerexp.report`` writes report.md and the figures.
+"—". Given an experiment's claims (``ClaimSet``), compare judges them too and writes claims.json;
+``analysis.report`` writes report.md and the figures.
 """
 
 import csv
@@ -15,15 +15,17 @@ import math
 import re
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from centerexp import claims, report
-from centerexp.claims import finite
-from centerexp.config import flatten, read_run_config
+from centerexp.analysis import report
+from centerexp.analysis.claims import ClaimSpec, arms_from_runs, judge
+from centerexp.analysis.runs import Run, load_runs, run_figures
+from centerexp.analysis.stats import finite
 from centerexp.errors import CenterexpError
-from centerexp.runs import NOT_A_RUN, atomic_write_text, is_run_dir, metrics_columns, read_json
-from centerexp.schema import BY_NAME, TABLE_COLUMNS
+from centerexp.rundir.io import atomic_write_text
+from centerexp.rundir.schema import BY_NAME, TABLE_COLUMNS
 
 DEFAULT_THRESHOLDS = (0.98, 0.99)
 GROUP_KEY_IGNORED = {"train.seed"}
@@ -31,104 +33,19 @@ GROUP_KEY_IGNORED = {"train.seed"}
 COMPARE_OUTPUTS = {"report.md", "compare.csv", "claims.json", *report.FIGURE_FILES}
 
 
-@dataclass
-class Run:
-    path: Path
-    name: str
-    config: dict  # flattened, every key resolved: "train.epochs" -> 30
-    summary: dict
-    metrics: dict  # column -> list of floats, one per finished epoch (columns the run lacks: absent)
-    dropped_keys: list[str] = field(default_factory=list)  # config keys this version does not know
-    figures: dict = field(default_factory=dict)  # run_figures(...)
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "unknown")
-
-    @property
-    def rows(self) -> int:
-        return max((len(v) for v in self.metrics.values()), default=0)
-
-    def column(self, name: str) -> list[float]:
-        """A metrics column, NaN for every row when the run's format lacks it."""
-        values = self.metrics.get(name)
-        return list(values) if values is not None and len(values) == self.rows else [math.nan] * self.rows
-
-    @property
-    def steps(self) -> list[float]:
-        """Cumulative optimizer steps at each row: the ``step`` column, or derived from the config."""
-        epochs = self.column("epoch")
-        epochs = [e if finite(e) else i + 1 for i, e in enumerate(epochs)]
-        derived = claims.steps_from_config(
-            epochs, self.config.get("data.train_subset"), self.config.get("train.batch_size", 256)
-        )
-        return [s if finite(s) else d for s, d in zip(self.column("step"), derived)]
-
-    @property
-    def outcome(self) -> str:
-        """completed | failed (stopped with an error, or non-finite values) | unfinished (running, interrupted)."""
-        if self.status == "failed":
-            return "failed"
-        if self.status == "completed":
-            present = [v for c in ("test_acc", "train_loss") if c in self.metrics for v in self.metrics[c]]
-            return "completed" if all(map(finite, present)) else "failed"
-        return "unfinished"
-
-
-def load_runs(paths: list[Path], warn=None) -> list[Run]:
-    """Read every run folder in ``paths``; other folders are skipped with a warning."""
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    runs, seen = [], set()
-    for path in map(Path, paths):
-        if path.resolve() in seen:  # runs/* runs/v1_0 must not count v1_0 twice
-            continue
-        seen.add(path.resolve())
-        if not is_run_dir(path):
-            if not (path.is_file() and path.name in COMPARE_OUTPUTS):  # DIR/* after a compare into DIR
-                warn(f"skipping {path}: {NOT_A_RUN}")
-            continue
-        try:
-            cfg, dropped = read_run_config(path / "config.yaml")
-            summary = read_json(path / "summary.json")
-            metrics = metrics_columns(path / "metrics.csv") if (path / "metrics.csv").exists() else {}
-        except (OSError, ValueError, KeyError, AttributeError, CenterexpError) as e:
-            warn(f"skipping {path}: unreadable run files ({e})")
-            continue
-        runs.append(Run(path, path.name, flatten(cfg.to_dict()), summary, metrics, dropped))
-    return runs
-
-
-# --- per-run figures -----------------------------------------------------------------------
-
-
-def run_figures(run: Run, thresholds) -> dict:
-    """The numbers the table and the claims use, from one run's metrics (NaN where it lacks a column)."""
-    steps, acc = run.steps, run.column("test_acc")
-    if not steps:
-        return {"epochs_done": 0, "steps_done": math.nan}
-    wall, test_ce, compactness = run.column("wall_seconds"), run.column("test_ce"), run.column("compactness_ratio")
-    seconds = [v for v in run.column("epoch_seconds") if finite(v)]
-    figures = {
-        "epochs_done": len(steps),
-        "steps_done": steps[-1],
-        claims.PRIMARY: claims.accuracy_auc(steps, acc),
-        "final_test_acc": acc[-1],
-        "best_test_acc": max((a for a in acc if finite(a)), default=math.nan),
-        **{f"final_{c.name}": run.column(c.name)[-1] for c in TABLE_COLUMNS},
-        "sec_per_epoch": statistics.fmean(seconds) if seconds else math.nan,
-        "wall_seconds": wall[-1],
-    }
-    for t in thresholds:
-        step = claims.first_step_reaching(steps, acc, t)
-        figures[f"steps_to_{t:g}"] = step
-        figures[f"seconds_to_{t:g}"] = wall[steps.index(step)] if step is not None else None
-    for f in claims.FRACTIONS:
-        figures[f"test_ce_at_{f:g}"] = claims.value_at_fraction(steps, test_ce, f)
-        figures[f"compactness_at_{f:g}"] = claims.value_at_fraction(steps, compactness, f)
-    return figures
-
-
 # --- grouping ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimSet:
+    """What compare needs to judge an experiment's claims on its runs (built by the experiments layer)."""
+
+    name: str  # the experiment's name
+    title: str
+    arms: dict[str, str]  # arm name -> label, in the experiment's order
+    claims: tuple[ClaimSpec, ...]
+    arm_of: Callable[[Run], str | None]  # which arm a run is (run.json's, or by its config)
+    coverage: dict = field(default_factory=dict)  # the full recipe: steps, batch_size, lamda
 
 
 @dataclass
@@ -146,8 +63,12 @@ class Group:
     def others(self) -> list[Run]:
         return [r for r in self.runs if r.outcome != "completed"]
 
+    arm_label: str | None = None  # the experiment arm these runs are, when compare knows it
+
     @property
     def label(self) -> str:
+        if self.arm_label:
+            return self.arm_label
         names = [r.name for r in (self.completed or self.runs)]
         if len(names) == 1:
             return names[0]
@@ -176,7 +97,7 @@ class Group:
         )
 
 
-def group_runs(runs: list[Run], thresholds) -> list[Group]:
+def group_runs(runs: list[Run], thresholds, claim_set: ClaimSet | None = None) -> list[Group]:
     """Runs with the same config apart from the seed share a group, whatever their status."""
     groups: list[Group] = []
     for run in runs:
@@ -184,7 +105,8 @@ def group_runs(runs: list[Run], thresholds) -> list[Group]:
         key = {k: v for k, v in run.config.items() if k not in GROUP_KEY_IGNORED}
         group = next((g for g in groups if g.config == key), None)
         if group is None:
-            groups.append(Group(key, [run]))
+            arm = claim_set.arm_of(run) if claim_set else None
+            groups.append(Group(key, [run], claim_set.arms.get(arm) if claim_set and arm else None))
         else:
             group.runs.append(run)
     return groups
@@ -221,7 +143,7 @@ def _row_values(runs: list[Run], thresholds) -> list[str]:
 
     row = [
         report.summary_cell(vals("steps_done"), _digits("step")),
-        report.summary_cell(vals(claims.PRIMARY), 4),
+        report.summary_cell(vals("acc_auc"), 4),
         report.summary_cell(vals("final_test_acc"), pct=True),
         report.summary_cell(vals("best_test_acc"), pct=True),
     ]
@@ -264,39 +186,6 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-# --- the V1 claims ----------------------------------------------------------------------------
-
-
-def arm(label: str, group: Group, warn) -> claims.Arm:
-    """A V1 group as the claims see it: per seed, the primary metric (NaN: failed, None: unfinished)."""
-    result = claims.Arm(label, {})
-    for run in group.runs:
-        seed = run.config.get("train.seed")
-        if seed in result.values:
-            warn(f"{label}: {run.name} repeats seed {seed} of {result.names[seed]}; only the first is used")
-            continue
-        result.names[seed] = run.name
-        if run.outcome == "failed":
-            result.values[seed] = math.nan
-            result.failures[seed] = run.summary.get("error") or "non-finite values"
-        elif run.outcome == "completed":
-            value = run.figures.get(claims.PRIMARY)
-            result.values[seed] = value if finite(value) else None
-            result.figures[seed] = run.figures
-        else:
-            result.values[seed] = None
-    return result
-
-
-def judge_v1_groups(groups: list[Group], warn) -> tuple[dict[str, Group] | None, list[claims.ClaimResult]]:
-    """The V1.0 / V1.1 / V1.2 groups (see ``claims.find_v1``) and both claims' verdicts; (None, []) without them."""
-    found = claims.find_v1([g.config for g in groups])
-    if not found:
-        return None, []
-    v1 = {label: groups[i] for label, i in found.items()}
-    return v1, claims.judge_v1({label: arm(label, g, warn) for label, g in v1.items()})
-
-
 # --- the command ----------------------------------------------------------------------------
 
 
@@ -308,19 +197,23 @@ def compare(
     all_keys: bool = False,
     echo=print,
     warn=None,
+    claim_set: ClaimSet | None = None,
 ) -> dict:
-    """Build the table, figures and report for ``paths`` (and claims.json for the V1 triple)."""
+    """Build the table, figures and report for ``paths`` (and claims.json when ``claim_set`` is given)."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    runs = load_runs(paths, warn)
+    runs = load_runs(paths, warn, skip_quietly=COMPARE_OUTPUTS)
     if not runs:
         raise CenterexpError("compare: no run folders given (expected folders written by centerexp train)", exit_code=2)
     thresholds = tuple(sorted(thresholds))
-    groups = group_runs(runs, thresholds)
+    groups = group_runs(runs, thresholds, claim_set)
     header, rows = table_rows(groups, differing_keys(runs, all_keys), thresholds)
     table = report.markdown_table(header, rows)
     echo(table)
 
-    v1, results = judge_v1_groups(groups, warn)
+    results = []
+    if claim_set:
+        arms = arms_from_runs(runs, claim_set.arm_of, claim_set.arms, warn)
+        results = [judge(claim, arms) for claim in claim_set.claims]
     if results:
         echo("")
         for cr in results:
@@ -346,7 +239,7 @@ def compare(
     if grid:
         figures.append(grid)
     command = report.regenerate_command(paths, thresholds)
-    text = report.report_markdown(runs, table, v1, results, figures, thresholds, command)
+    text = report.report_markdown(runs, table, claim_set, results, figures, thresholds, command)
     atomic_write_text(out / "report.md", text)
     echo(f"\nreport: {out / 'report.md'}")
-    return {"groups": groups, "header": header, "rows": rows, "claims": results, "v1": v1}
+    return {"groups": groups, "header": header, "rows": rows, "claims": results}

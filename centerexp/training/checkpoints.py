@@ -14,7 +14,7 @@ import torch
 
 from centerexp.config import MNIST_TRAIN_IMAGES, Config, diff_configs, steps_per_epoch
 from centerexp.errors import CenterexpError
-from centerexp.runtime import rng_state, set_rng_state
+from centerexp.training.runtime import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = 1
 

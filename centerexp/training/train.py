@@ -9,6 +9,7 @@ too: the epoch's batch order and position are in it), drops later rows, and cont
 """
 
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -21,19 +22,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from centerexp import plots
-from centerexp.checkpoints import Position, checkpoint_dict, fingerprint, resume_point
 from centerexp.config import Config, batch_starts, dump_config, load_config
-from centerexp.data import Split, data_root, load_mnist, prepare_mnist, to_float
 from centerexp.errors import CenterexpError
-from centerexp.losses import AuxiliaryLoss, build_aux_loss
-from centerexp.models import build_model
-from centerexp.provenance import env_info
-from centerexp.runs import (
+from centerexp.rundir import files
+from centerexp.rundir.folder import (
     NOT_A_RUN,
-    MetricsLog,
     RunLock,
-    RunSummary,
-    atomic_torch_save,
     create_run_dir,
     is_run_dir,
     recorded_threads,
@@ -41,7 +35,15 @@ from centerexp.runs import (
     write_identity,
     write_run_header,
 )
-from centerexp.runtime import Runtime, resolve_device, seed_everything
+from centerexp.rundir.io import atomic_torch_save
+from centerexp.rundir.measures import compactness
+from centerexp.rundir.provenance import env_info
+from centerexp.rundir.records import MetricsLog, RunSummary
+from centerexp.training.checkpoints import Position, checkpoint_dict, fingerprint, resume_point
+from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist, to_float
+from centerexp.training.losses import AuxiliaryLoss, build_aux_loss
+from centerexp.training.models import build_model
+from centerexp.training.runtime import Runtime, resolve_device, seed_everything
 
 NUM_CLASSES = 10
 
@@ -121,7 +123,9 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def train_steps(parts: Parts, split: Split, cfg: Config, rt: Runtime, perm, starts, epoch: int, stop=None, progress=False):
+def train_steps(
+    parts: Parts, split: Split, cfg: Config, rt: Runtime, perm, starts, epoch: int, stop=None, progress=False
+):
     """The training batches that start at ``starts`` in the epoch's order ``perm``: one optimizer
     step each. Returns their mean losses and accuracy, and the features seen (for the scatter)."""
     model, aux_loss = parts.model, parts.aux_loss
@@ -221,21 +225,6 @@ def evaluate(parts: Parts, split: Split, cfg: Config, rt: Runtime) -> dict:
     }
 
 
-def compactness(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor | None) -> dict:
-    """How tight and how separated the classes of the test features are, measured against their own
-    class means: what the features are, whatever the learned centers do. The centers lag behind the
-    features (and do not move at all with lamda = 0), so their distance to the class means is a
-    column of its own, ``center_lag`` (NaN for a loss without centers). Full feature dimension."""
-    classes = labels.unique()  # sorted; a tiny test subset may lack a digit
-    means = torch.stack([features[labels == c].mean(0) for c in classes])
-    intra = (features - means[torch.searchsorted(classes, labels)]).norm(dim=1).mean().item()
-    k = len(classes)
-    inter = (torch.cdist(means, means).sum() / (k * (k - 1))).item() if k > 1 else float("nan")
-    lag = float("nan") if centers is None else (centers[classes] - means).norm(dim=1).mean().item()
-    ratio = intra / inter if inter > 0 else float("nan")
-    return {"intra_class": intra, "inter_class": inter, "compactness_ratio": ratio, "center_lag": lag}
-
-
 def metrics_row(epoch: float, step: int, lr: float, tr: dict, te: dict, times: tuple, wall: float) -> dict:
     """One metrics.csv row; its names are schema.METRICS (MetricsLog.append checks they match)."""
     t0, t1, t2 = times
@@ -292,11 +281,11 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
     seed_everything(cfg.train.seed)
     train_set, test_set = load_mnist(cfg.data, cfg.train.seed, rt.device)
     parts = build_parts(cfg, rt.device, rt.channels_last)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = run_dir / files.CHECKPOINT
     pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
     if pos.step == 0:  # a fresh start: what a paired comparison must share with this run's partner
         write_identity(run_dir, fingerprint=fingerprint(parts, train_set))
-    metrics = MetricsLog(run_dir / "metrics.csv")
+    metrics = MetricsLog(run_dir / files.METRICS)
     metrics.truncate_to(pos.epoch, pos.step)  # rows past the checkpoint come from steps being redone
     write_run_header(run_dir, dump_config(cfg), command, env_info(rt))
     summary = RunSummary(run_dir)
@@ -329,7 +318,9 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
                     when = pos.epoch if pos.perm is None else epoch - 1 + end / n_batches  # epochs done, fractional
                     metrics.append(metrics_row(when, pos.step, lr, tr, te, (t0, t1, t2), wall))
                     frame = f"epoch_{epoch:03d}" if not cfg.train.eval_every else f"step_{pos.step:07d}"
-                    plots.write_epoch_plots(run_dir, cfg, when, pos.step, frame, train_set, tr, te, parts.aux_loss.points)
+                    plots.write_epoch_plots(
+                        run_dir, cfg, when, pos.step, frame, train_set, tr, te, parts.aux_loss.points
+                    )
                     atomic_torch_save(checkpoint_dict(parts, cfg, pos, wall), ckpt_path)  # the commit point
                     summary.epoch_finished()
                     tqdm.write(
@@ -372,6 +363,7 @@ def start_run(
     command: str = "",
     progress: bool | None = None,
     threads: int | None = None,
+    identity: dict | None = None,
 ) -> tuple[Path, dict]:
     """Check everything that can be checked cheaply, then create the run folder and train."""
     cfg = load_config(config_path, overrides)
@@ -379,10 +371,12 @@ def start_run(
     prepare_mnist(data_root(cfg.data), download=cfg.data.download)
     # The folder appears complete (config.yaml + summary.json) or not at all, so --resume or
     # --overwrite work on it even if this process dies before the first epoch ends.
-    files = {"config.yaml": dump_config(cfg), "summary.json": RunSummary.initial()}
+    contents = {files.CONFIG: dump_config(cfg), files.SUMMARY: RunSummary.initial()}
+    if identity:  # a sweep's run: which experiment, arm and profile it belongs to
+        contents[files.IDENTITY] = json.dumps(identity, indent=2) + "\n"
     name = name or Path(config_path).stem
     lock = RunLock(Path(runs_dir) / name)
-    run_dir = create_run_dir(Path(runs_dir), name, overwrite, files, lock)
+    run_dir = create_run_dir(Path(runs_dir), name, overwrite, contents, lock)
     return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock, threads=threads)
 
 
@@ -403,10 +397,10 @@ def resume_run(
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise CenterexpError(f"--resume {run_dir}: {NOT_A_RUN}", 2)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / files.CONFIG, overrides)
     resolve_device(cfg.train.device)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    (run_dir / "plots" / "features").mkdir(parents=True, exist_ok=True)
+    (run_dir / files.CHECKPOINT).parent.mkdir(exist_ok=True)
+    (run_dir / files.FEATURE_FRAMES).mkdir(parents=True, exist_ok=True)
     threads = threads or cfg.train.threads or recorded_threads(run_dir)
     summary = train(
         cfg,

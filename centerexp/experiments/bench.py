@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from centerexp.config import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, Config, ModelConfig, load_config
-from centerexp.data import Split, data_root, load_mnist, prepare_mnist
-from centerexp.losses import CenterLoss
-from centerexp.models import build_model
-from centerexp.reproduce import DEFAULT_SEEDS as REPRODUCE_SEEDS
-from centerexp.runtime import Runtime, resolve_device
-from centerexp.train import build_parts, evaluate, train_one_epoch
+from centerexp.experiments.reproduce import find_experiment
+from centerexp.experiments.spec import load_experiment
+from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist
+from centerexp.training.losses import CenterLoss
+from centerexp.training.models import build_model
+from centerexp.training.runtime import Runtime, resolve_device
+from centerexp.training.train import build_parts, evaluate, train_one_epoch
 
 BATCH = 256
 PRECISIONS = ("fp32", "bf16")
@@ -148,20 +149,27 @@ def conv_stack_ceiling(arch: str, precision: str, device: torch.device, steps: i
     return timed_rate(step, BATCH, steps, warmup, device)
 
 
-def reproduce_estimate(profile: str, rates: dict) -> float:
-    """Seconds `make reproduce PROFILE=profile` would take at ``rates[arch][precision]``
-    ({"train": img/s, "eval": img/s}, measured at batch 256; the quick profile trains at batch 64),
-    training and evaluation only: per-epoch plots and process start-up come on top."""
-    from centerexp.reproduce import CONFIGS, PROFILES, config_dir
+def reproduce_estimate(experiment, profile_name: str, rates: dict) -> float:
+    """Seconds `centerexp reproduce EXPERIMENT --profile profile_name` would take at
+    ``rates[arch][precision]`` ({"train": img/s, "eval": img/s}, measured at batch 256), training and
+    evaluation only: plots, checkpoints and process start-up come on top. ``auto`` precision counts
+    at the faster of the two, as its measurement would pick."""
+    import math
 
+    from centerexp.config import steps_per_epoch
+
+    profile = experiment.profiles[profile_name]
     total = 0.0
-    for stem in CONFIGS:
-        cfg = load_config(config_dir() / f"{stem}.yaml", PROFILES[profile])
-        r = rates[cfg.model.arch][cfg.train.precision]
-        n_train = cfg.data.train_subset or MNIST_TRAIN_IMAGES
+    for arm in experiment.arms:
+        cfg = load_config(arm.config, experiment.overrides(arm, profile))
+        arch = rates[cfg.model.arch]
+        r = max(arch.values(), key=lambda x: x["train"]) if profile.precision == "auto" else arch[profile.precision]
+        n_train = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
         n_test = cfg.data.test_subset or MNIST_TEST_IMAGES
-        total += cfg.train.epochs * (n_train / r["train"] + n_test / r["eval"])
-    return total * REPRODUCE_SEEDS[profile]
+        per_epoch = steps_per_epoch(n_train, cfg.train.batch_size)
+        evals = math.ceil(per_epoch / cfg.train.eval_every) if cfg.train.eval_every else 1
+        total += cfg.train.epochs * (n_train / r["train"] + evals * n_test / r["eval"])
+    return total * profile.seeds
 
 
 def run_bench(
@@ -173,7 +181,7 @@ def run_bench(
     echo=print,
     as_json: bool = False,
 ) -> dict:
-    from centerexp.provenance import env_info
+    from centerexp.rundir.provenance import env_info
 
     device = resolve_device(device_name)
     result = {"steps": steps, "warmup": warmup, "batch_size": BATCH, "models": {}}
@@ -206,7 +214,9 @@ def run_bench(
         m["centerexp_auto_vs_plain"] = m[f"centerexp_{auto.precision}_vs_plain"]
         result["models"][arch] = m
     if all(a in rates for a in ("deep", "shallow")):
-        result["reproduce_estimate_seconds"] = {p: reproduce_estimate(p, rates) for p in REPRODUCE_SEEDS}
+        v1 = load_experiment(find_experiment("v1"))
+        result["reproduce_estimate_seconds"] = {p: reproduce_estimate(v1, p, rates) for p in v1.profiles}
+        result["reproduce_seeds"] = {p: v1.profiles[p].seeds for p in v1.profiles}
     if profile:
         result["profile"] = profile_step(archs[0], device_name)
     if as_json:
@@ -271,7 +281,7 @@ def format_bench(r: dict) -> str:
     if est:
         lines.append(
             "estimated `make reproduce` on this machine (training + evaluation at these rates): "
-            + ", ".join(f"PROFILE={p} ({REPRODUCE_SEEDS[p]} seeds) {_duration(s)}" for p, s in est.items())
+            + ", ".join(f"PROFILE={p} ({r['reproduce_seeds'][p]} seeds) {_duration(s)}" for p, s in est.items())
         )
     return "\n".join(lines)
 

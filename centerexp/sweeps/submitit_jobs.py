@@ -22,9 +22,10 @@ import submitit
 from submitit.core.utils import FailedSubmissionError, pickle_load
 
 from centerexp.errors import CenterexpError
-from centerexp.launch import LaunchOptions, Outcome, Sweep, cpu_count, cuda_devices, planned_threads, tail_error
-from centerexp.reproduce import RunSpec, train_spec
-from centerexp.runs import RunBusy
+from centerexp.rundir import status
+from centerexp.rundir.folder import RunBusy
+from centerexp.sweeps.jobs import LaunchOptions, Outcome, Sweep, cpu_count, cuda_devices, planned_threads, tail_error
+from centerexp.sweeps.spec import RunSpec, train_spec
 
 DEFAULT_TIME_MIN = {"slurm": 240, "submitit-local": 7 * 24 * 60}
 # Slurm job states (squeue / sacct): waiting, running, or over. Anything else counts as over.
@@ -46,7 +47,7 @@ def train_job(spec: RunSpec) -> dict:
     try:
         summary = train_spec(spec, progress=False)
     except RunBusy as e:
-        return {"status": "busy", "error": str(e)}
+        return {"status": status.BUSY, "error": str(e)}
     return {"status": summary.get("status"), "epochs_done": summary.get("epochs_done")}
 
 
@@ -109,7 +110,9 @@ def run_submitit(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sw
 
     def record(spec, job):
         jobs[job.job_id] = (spec, job, time.monotonic())
-        threads = {"threads": planned_threads(spec, share)} if share else {}  # slurm without --cpus-per-job: its default
+        threads = (
+            {"threads": planned_threads(spec, share)} if share else {}
+        )  # slurm without --cpus-per-job: its default
         sweep.submitted(spec, job.job_id, job.paths.stdout, job.paths.stderr, **threads)
 
     if slurm:
@@ -142,7 +145,7 @@ def run_submitit(specs: list[RunSpec], options: LaunchOptions, log_dir: Path, sw
                 state = states.get(job_id) if slurm else job.state.upper()
                 outcome = _job_outcome(spec, job, state, since, slurm)
                 if outcome is None:
-                    sweep.set_state(spec, "queued" if state in QUEUED_STATES else "running")
+                    sweep.set_state(spec, status.QUEUED if state in QUEUED_STATES else status.RUNNING)
                     continue
                 del jobs[job_id]
                 sweep.finish(spec, outcome)
@@ -170,20 +173,20 @@ def _job_outcome(spec: RunSpec, job, state: str | None, since: float, slurm: boo
             if time.monotonic() - since < LOST_AFTER_S:
                 return None
             kind, value = "error", f"unreadable result {result}: {e}"
-        if kind == "success" and value.get("status") == "busy":
-            return Outcome(spec.name, "busy", job.job_id, job.paths.stdout, value.get("error"))
+        if kind == "success" and value.get("status") == status.BUSY:
+            return Outcome(spec.name, status.BUSY, job.job_id, job.paths.stdout, value.get("error"))
         if kind == "success":
-            return Outcome(spec.name, "completed", job.job_id, job.paths.stdout)
+            return Outcome(spec.name, status.COMPLETED, job.job_id, job.paths.stdout)
         lines = [line for line in str(value).strip().splitlines() if line.strip()]
         error = lines[-1] if lines else "unknown error"
-        return Outcome(spec.name, "failed", job.job_id, job.paths.stderr, f"job {job.job_id}: {error}")
+        return Outcome(spec.name, status.FAILED, job.job_id, job.paths.stderr, f"job {job.job_id}: {error}")
     if slurm and state is None:  # not known to squeue/sacct (yet, or any more)
         if time.monotonic() - since < LOST_AFTER_S:
             return None
         state = "LOST"
     tail = tail_error(job.paths.stderr)
     detail = f"job {job.job_id} ended {state} without a result" + (f": {tail}" if tail else "")
-    return Outcome(spec.name, "failed", job.job_id, job.paths.stderr, detail)
+    return Outcome(spec.name, status.FAILED, job.job_id, job.paths.stderr, detail)
 
 
 def slurm_states(jobs: list) -> dict[str, str]:

@@ -13,7 +13,7 @@ import torch
 
 from centerexp.config import Config
 from centerexp.errors import CenterexpError
-from centerexp.precision import choose_precision
+from centerexp.training.precision import choose_precision
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, restored when train.threads is null
 

@@ -39,15 +39,24 @@ METRICS: tuple[Column, ...] = (
     Column("epoch", "epochs finished; fractional for an evaluation inside an epoch", "epochs", digits=3),
     Column("step", "optimizer steps finished, cumulative over the run", "steps", digits=6),
     Column("lr", "network learning rate used for the row's steps", "1"),
-    Column("train_loss", "mean total loss (cross-entropy + center) over the training batches since the last row", "nats"),
+    Column(
+        "train_loss", "mean total loss (cross-entropy + center) over the training batches since the last row", "nats"
+    ),
     Column("train_ce", "mean cross-entropy over the training batches since the last row", "nats"),
     Column("train_center", "mean center loss over the training batches since the last row (the run's distance form)"),
-    Column("train_acc", "training accuracy over the batches since the last row (the network changes meanwhile)", "fraction"),
+    Column(
+        "train_acc", "training accuracy over the batches since the last row (the network changes meanwhile)", "fraction"
+    ),
     Column("test_loss", "test cross-entropy + center loss at this step", "nats"),
     Column("test_ce", "test cross-entropy at this step", "nats", table="final test CE"),
     Column("test_center", "test center loss at this step, scored in chunks of the training batch size"),
     Column("test_acc", "test accuracy at this step", "fraction"),
-    Column("intra_class", "mean distance of a test feature to the mean of its class's test features", "feature units", **_3("intra")),
+    Column(
+        "intra_class",
+        "mean distance of a test feature to the mean of its class's test features",
+        "feature units",
+        **_3("intra"),
+    ),
     Column("inter_class", "mean distance between two class means of the test features", "feature units", **_3("inter")),
     Column(
         "compactness_ratio",

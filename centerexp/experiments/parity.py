@@ -2,8 +2,8 @@
 
 With the same ``train.seed`` the two runs of a pair start from the same weights and centers and
 see the same batches; only the arithmetic differs. So the per-seed difference (bf16 - fp32) is
-the unit, and its mean gets a paired t 95% interval (``claims.paired_test``), for the primary
-metric of the claims (area under test accuracy vs step) and for the final test accuracy. An
+the unit, and its mean gets a paired t 95% interval (``stats.paired_test``), for the primary
+metric of the V1 claims (area under test accuracy vs step) and for the final test accuracy. An
 interval that contains 0 bounds the difference; it does not prove there is none.
 
 The default profile is the quick profile's dynamics (batch 64 with lamda scaled to 0.25) at twice
@@ -15,9 +15,14 @@ import math
 import statistics
 from pathlib import Path
 
-from centerexp import claims
-from centerexp.reproduce import RunSpec, config_dir, run_state, train_sequentially
-from centerexp.runs import write_json
+from centerexp.analysis.metrics import METRICS
+from centerexp.analysis.stats import finite, paired_test
+from centerexp.experiments.reproduce import REPO
+from centerexp.rundir import status
+from centerexp.rundir.io import write_json
+from centerexp.sweeps.jobs import LaunchOptions
+from centerexp.sweeps.launch import launch
+from centerexp.sweeps.spec import RunSpec, run_state
 
 PRECISIONS = ("fp32", "bf16")
 PROFILE = [
@@ -45,16 +50,16 @@ def pair_figures(run_dir: Path) -> dict:
     """AUC of test accuracy vs step, final test accuracy, training seconds per epoch, read as
     compare reads a run: NaN for a failed run (counted as failed), None for one that did not
     finish (left out)."""
-    from centerexp.compare import load_runs, run_figures
+    from centerexp.analysis.runs import load_runs, run_figures
 
     runs = load_runs([run_dir], warn=lambda _: None)
-    outcome = runs[0].outcome if runs else "unfinished"
-    if outcome != "completed":
-        missing = math.nan if outcome == "failed" else None
+    outcome = runs[0].outcome if runs else status.RUNNING
+    if outcome != status.COMPLETED:
+        missing = math.nan if outcome == status.FAILED else None
         return {"auc": missing, "final_test_acc": missing, "train_seconds": missing}
     figures = run_figures(runs[0], thresholds=())
     return {
-        "auc": figures[claims.PRIMARY],
+        "auc": figures["acc_auc"],
         "final_test_acc": figures["final_test_acc"],
         "train_seconds": statistics.fmean(runs[0].column("train_seconds")),
     }
@@ -70,20 +75,21 @@ def _json_safe(x):
 
 
 def parity(
-    config: Path = config_dir() / "v1_0.yaml",
+    config: Path = REPO / "configs" / "v1_0.yaml",
     seeds: int = 5,
     runs_dir: Path = Path("runs/parity"),
     extra: list[str] = (),
     progress=None,
     echo=print,
+    launcher: LaunchOptions | None = None,
 ) -> dict:
-    """Train the missing runs, then compare bf16 with fp32 seed by seed; writes parity.json."""
+    """Train the missing runs (with any launcher), then compare bf16 with fp32 seed by seed; writes parity.json."""
     specs = parity_specs(config, seeds, runs_dir, list(extra))
-    train_sequentially(specs, progress, echo)
+    launch(specs, (launcher or LaunchOptions()).check(), Path(runs_dir), progress, echo)
     figures = {p: [pair_figures(s.run_dir) for s in specs if f"train.precision={p}" in s.overrides] for p in PRECISIONS}
     result = {"config": str(config), "profile": PROFILE + list(extra), "seeds": seeds, "metrics": {}}
-    for key, name in (("auc", claims.PRIMARY_NAME), ("final_test_acc", "final test accuracy")):
-        t = claims.paired_test([f[key] for f in figures["bf16"]], [f[key] for f in figures["fp32"]])
+    for key, name in (("auc", METRICS["acc_auc"].meaning), ("final_test_acc", "final test accuracy")):
+        t = paired_test([f[key] for f in figures["bf16"]], [f[key] for f in figures["fp32"]])
         result["metrics"][key] = {
             "name": name,
             "diff_bf16_minus_fp32": t.diff,
@@ -98,7 +104,7 @@ def parity(
     speed = [
         f32["train_seconds"] / bf["train_seconds"]
         for f32, bf in zip(figures["fp32"], figures["bf16"])
-        if claims.finite(f32["train_seconds"]) and claims.finite(bf["train_seconds"])
+        if finite(f32["train_seconds"]) and finite(bf["train_seconds"])
     ]
     result["per_seed"] = figures
     result["bf16_speedup"] = statistics.fmean(speed) if speed else float("nan")

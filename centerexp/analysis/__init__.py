@@ -1,0 +1,1 @@
+"""Reading runs back: run-level metrics, statistics, claims, the comparison and its report."""

@@ -1,0 +1,1 @@
+"""Experiments as data: the experiment file, reproduce, parity and bench."""

@@ -1,0 +1,1 @@
+"""The run folder: its files, their names and formats, its lock, its status."""

@@ -1,0 +1,1 @@
+"""Training one run: data, models, losses, runtime, checkpoints, the loop."""
