@@ -131,7 +131,7 @@ def _arms(raw: Any, base: Path, where: str) -> list[ArmSpec]:
         at = f"{where}[{i}]"
         item = _mapping(item, ARM_KEYS, at, required=("name", "config"))
         name = _text(item["name"], "a name", f"{at}.name")
-        config = base / _text(item["config"], "a config path", f"{at}.config")
+        config = (base / _text(item["config"], "a config path", f"{at}.config")).resolve()
         if not config.is_file():
             raise ConfigError(f"{at}.config: config file not found: {config}")
         overrides = _strings(item.get("overrides"), f"{at}.overrides")
