@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
+EXPERIMENT ?= v1
 PROFILE ?= full
-SEEDS ?= $(if $(filter quick,$(PROFILE)),3,5)  # full: 5 seeds (cheap on a GPU), quick: 3
+SEEDS ?=
 RUNS ?= runs
 
 .PHONY: install test test-portable drift test-slurm lint format reproduce bench parity clean
@@ -51,16 +52,17 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Train V1.0, V1.1, V1.2 with SEEDS seeds each (default 5 for PROFILE=full, 3 for quick), then compare: runs/reproduce/report.md
+# Train an experiment's arms over its profile's seeds (SEEDS=N to change), then judge its claims:
+# runs/EXPERIMENT/PROFILE/report.md. `make reproduce PROFILE=quick`, `make reproduce EXPERIMENT=center_vs_softmax`.
 reproduce: install
-	$(BIN)/centerexp reproduce --profile $(PROFILE) --seeds $(SEEDS) --runs-dir $(RUNS)/reproduce
+	$(BIN)/centerexp reproduce $(EXPERIMENT) --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) --runs-dir $(RUNS)/$(EXPERIMENT)/$(PROFILE)
 
 bench: install
 	$(BIN)/centerexp bench
 
 # bf16 vs fp32 on V1.0, paired seeds: runs/parity/parity.json
 parity: install
-	$(BIN)/centerexp parity configs/v1_0.yaml --seeds $(SEEDS) --runs-dir $(RUNS)/parity -q
+	$(BIN)/centerexp parity configs/v1_0.yaml $(if $(SEEDS),--seeds $(SEEDS)) --runs-dir $(RUNS)/parity -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

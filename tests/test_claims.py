@@ -1,4 +1,5 @@
-"""The V1 statistics on plain numbers: the metric's definition, censoring, each verdict, failed runs.
+"""The statistics of claims on plain numbers: the metrics' definitions, censoring, each verdict,
+failed runs, directions and margins, the pairing check and the arithmetic check.
 
 Expected intervals are computed here from the textbook formulas with scipy.stats.t quantiles, not
 through the functions under test (which call scipy's ttest_rel / ttest_ind).
@@ -6,24 +7,29 @@ through the functions under test (which call scipy's ttest_rel / ttest_ind).
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 from scipy import stats
 
 from centerexp.analysis import claims, report
-from centerexp.analysis.claims import (
+from centerexp.analysis.claims import ClaimSpec
+from centerexp.analysis.curves import accuracy_auc, steps_from_config, value_at_fraction
+from centerexp.analysis.report import censored_cell
+from centerexp.analysis.runs import Run
+from centerexp.analysis.stats import (
     CONTRADICTED,
     INCONCLUSIVE,
     INSUFFICIENT,
+    NOT_COMPARABLE,
     SUPPORTED,
-    accuracy_auc,
     censored_median,
     paired_test,
-    steps_per_epoch,
-    value_at_fraction,
     welch_test,
 )
-from centerexp.analysis.report import censored_cell
+from centerexp.config import steps_per_epoch
+from centerexp.experiments.reproduce import find_experiment
+from centerexp.experiments.spec import load_experiment
 
 NAN = math.nan
 
@@ -48,12 +54,12 @@ def welch_ci(a, b, confidence=0.95):
 
 def test_steps_match_the_trainer_and_the_recipe():
     assert steps_per_epoch(60_000, 256) == 235  # 234 full batches + one of 96
-    assert claims.RECIPE_STEPS == 7_050
+    assert load_experiment(find_experiment("v1")).full_recipe == {"steps": 7_050, "batch_size": 256, "lamda": 1.0}
     assert steps_per_epoch(960, 64) == 15
     assert steps_per_epoch(257, 256) == 1  # a lone trailing sample is not a step (BatchNorm)
     assert steps_per_epoch(258, 256) == 2
-    assert claims.steps_from_config([1, 2], 960, 64) == [15, 30]
-    assert claims.steps_from_config([1], None, 256) == [235]
+    assert steps_from_config([1, 2], 960, 64) == [15, 30]
+    assert steps_from_config([1], None, 256) == [235]
 
 
 def test_auc_is_the_trapezoid_from_chance_over_steps():
@@ -164,43 +170,81 @@ def test_identical_differences_give_a_zero_width_interval():
 # --- V1 and the report's words --------------------------------------------------------------------
 
 
-def test_find_v1_on_plain_configs():
-    base = {"model.arch": "deep", "loss.distance": "squared", "loss.lamda": 1.0}
-    v11 = {**base, "loss.distance": "sqrt"}
-    v12 = {**v11, "model.arch": "shallow"}
-    assert claims.find_v1([v12, base, v11]) == {"V1.0": 1, "V1.1": 2, "V1.2": 0}
-    assert claims.find_v1([base, v11, {**v12, "loss.lamda": 0.5}]) is None
+def run(seed: int, value: float | None, status="completed", fingerprint="same", precision="fp32") -> Run:
+    """A completed run whose claim value (acc AUC) is ``value``; NaN: a failed run; None: unfinished."""
+    failed = value is not None and math.isnan(value)
+    state = "failed" if failed else status if value is not None else "running"
+    r = Run(Path(f"r{seed}"), f"r{seed}", {"train.seed": seed}, {"status": state}, {"test_acc": [0.5]})
+    r.identity = {"fingerprint": {"init": fingerprint, "data": "d"}} if fingerprint else {}
+    r.env = [{"precision": precision, "device": "cpu", "torch": "2.14.1"}]
+    r.figures = {"acc_auc": value}
+    return r
+
+
+def arms(a: dict, b: dict, b_runs: dict | None = None) -> dict:
+    """Arms "a" and "b" from seed -> value; ``b_runs``: run() options for b's runs."""
+    made = {}
+    for name, values, options in (("a", a, {}), ("b", b, b_runs or {})):
+        made[name] = claims.Arm(name, name.upper())
+        for seed, v in values.items():
+            made[name].runs[seed] = run(seed, v, **options)
+    return made
+
+
+CLAIM = ClaimSpec("1", "a beats b", "a", "b", "acc_auc", "paired")
 
 
 def test_judge_pairs_by_seed_and_reports_unpaired_seeds():
-    a = claims.Arm("V1.0", {0: 0.62, 1: 0.55, 2: 0.70, 3: 0.9})
-    b = claims.Arm("V1.1", {0: 0.58, 1: 0.50, 2: 0.67, 3: None})
-    cr = claims.judge(claims.CLAIMS[0], a, b)
-    assert cr.result.n_a == 3 and cr.result.verdict == SUPPORTED
+    cr = claims.judge(CLAIM, arms({0: 0.62, 1: 0.55, 2: 0.70, 3: 0.9}, {0: 0.58, 1: 0.50, 2: 0.67, 3: None}))
+    assert cr.result.n_a == 3 and cr.result.verdict == SUPPORTED and cr.design_used == "paired"
     assert any("seed(s) 3" in n for n in cr.result.notes)
     data = cr.to_json()
-    assert {
-        "id",
-        "verdict",
-        "metric",
-        "test",
-        "diff",
-        "ci_low",
-        "ci_high",
-        "n_a",
-        "n_b",
-        "failed_a",
-        "failed_b",
-    } <= set(data)
+    keys = {"id", "says", "verdict", "metric", "direction", "margin", "design", "design_used", "test"}
+    assert keys | {"diff", "ci_low", "ci_high", "n_a", "n_b", "failed_a", "failed_b"} <= set(data)
 
 
-def test_coverage_says_pipeline_check_and_checks_the_lamda_scaling():
-    text = " ".join(report.coverage_markdown(90, 64, 0.25))
-    assert "1.3% of the recipe's 7,050" in text and "pipeline check, not a test of the claims" in text
+def test_pairs_that_do_not_share_their_start_are_analysed_as_welch():
+    a, b = {0: 0.62, 1: 0.55, 2: 0.70}, {0: 0.58, 1: 0.50, 2: 0.67}
+    cr = claims.judge(CLAIM, arms(a, b, {"fingerprint": "other"}))
+    assert cr.design_used == "welch" and cr.result.test == "Welch t"
+    diff, low, high, _ = welch_ci(list(a.values()), list(b.values()))
+    assert cr.result.ci_low == pytest.approx(low) and cr.result.ci_high == pytest.approx(high)
+    assert "do not share their starting point" in cr.result.notes[0]
+    unverified = claims.judge(CLAIM, arms(a, b, {"fingerprint": None}))
+    assert unverified.design_used == "paired" and "pairing not verified" in unverified.result.notes[0]
+
+
+def test_arms_in_different_precisions_are_not_compared():
+    cr = claims.judge(CLAIM, arms({0: 0.9, 1: 0.91, 2: 0.92}, {0: 0.5, 1: 0.5, 2: 0.51}, {"precision": "bf16"}))
+    assert cr.result.verdict == NOT_COMPARABLE and "different arithmetic" in cr.result.notes[0]
+
+
+def test_lower_is_better_and_a_margin_turn_the_verdict():
+    lower = ClaimSpec("c", "a tighter", "a", "b", "final_test_ce", "paired")
+    a, b = {0: 0.30, 1: 0.31, 2: 0.29}, {0: 0.50, 1: 0.52, 2: 0.49}
+    made = arms(a, b)
+    for arm in made.values():
+        for r in arm.runs.values():
+            r.figures = {"final_test_ce": r.figures["acc_auc"]}
+    assert claims.judge(lower, made).result.verdict == SUPPORTED  # a - b < 0, and lower is better
+    # non-inferiority: a is 0.5 points below b, the claim allows 1 point
+    same = ClaimSpec("n", "a not worse", "a", "b", "acc_auc", "paired", margin=0.01)
+    close = arms({0: 0.900, 1: 0.905, 2: 0.897}, {0: 0.905, 1: 0.909, 2: 0.903})
+    result = claims.judge(same, close).result
+    assert result.ci_high < 0 and result.ci_low > -0.01 and result.verdict == SUPPORTED
+    assert claims.judge(ClaimSpec("s", "a better", "a", "b", "acc_auc", "paired"), close).result.verdict == CONTRADICTED
+
+
+def test_coverage_says_which_steps_and_checks_the_lamda_scaling():
+    recipe = {"steps": 7050, "batch_size": 256, "lamda": 1.0}
+    quick = {"train.batch_size": 64, "loss.lamda": 0.25, "data.train_subset": 960}
+    text = " ".join(report.coverage_markdown(90, quick, recipe))
+    assert "1.3% of the full profile's 7,050" in text and "only the first 90 steps of training" in text
     assert "acts like" not in text
-    assert "acts like lamda 4 at the recipe's batch 256" in " ".join(report.coverage_markdown(90, 64, 1.0))
-    full = " ".join(report.coverage_markdown(7050, 256, 1.0))
-    assert "100.0%" in full and "pipeline check" not in full
+    text = " ".join(report.coverage_markdown(90, {**quick, "loss.lamda": 1.0}, recipe))
+    assert "acts like lamda 4 at the full profile's batch 256" in text
+    full = " ".join(report.coverage_markdown(7050, {"train.batch_size": 256, "loss.lamda": 1.0}, recipe))
+    assert "100.0%" in full and "only the first" not in full
 
 
 def test_thresholds_are_explained_by_the_accuracy_scale():

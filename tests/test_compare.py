@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from centerexp.analysis.compare import compare
 from centerexp.cli import app
 from centerexp.config import Config
+from centerexp.experiments.reproduce import claim_set, find_experiment
+from centerexp.experiments.spec import load_experiment
 from centerexp.rundir.schema import METRIC_COLUMNS
 
 from .conftest import write_config
@@ -33,11 +35,16 @@ def fake_run(
     epochs=None,
     columns=METRIC_COLUMNS,
     error=None,
+    arm=None,
 ):
     """A run folder written by hand: config.yaml, summary.json and metrics.csv with the given test
-    accuracies. ``columns``: the metrics.csv header (an older or newer run format)."""
+    accuracies. ``columns``: the metrics.csv header (an older or newer run format). ``arm``: the V1
+    arm it is, recorded in run.json as `centerexp reproduce` records it."""
     run = root / name
     run.mkdir(parents=True)
+    if arm:
+        identity = {"experiment": "v1", "experiment_file": "configs/experiments/v1.yaml", "arm": arm}
+        (run / "run.json").write_text(json.dumps({**identity, "profile": "full"}))
     cfg = Config().to_dict()
     if epochs is None:
         epochs = len(accs) if status == "completed" else len(accs) + 5
@@ -59,9 +66,10 @@ def fake_run(
                 epoch_seconds=epoch_seconds,
                 wall_seconds=epoch_seconds * i,
                 train_center=1.0 / i,
-                intra_dist=1.0,
-                center_dist=4.0,
-                compactness=0.25,
+                intra_class=1.0,
+                inter_class=4.0,
+                compactness_ratio=0.25,
+                center_lag=0.1,
             )
             w.writerow(row)
     return run
@@ -89,7 +97,7 @@ def test_single_runs_thresholds_and_values(tmp_path):
     assert rows["a"]["steps to 0.99"] == "705" and rows["a"]["s to 0.99"] == "30"
     assert rows["b"]["steps to 0.98"] == "> 705 (not reached)" and rows["b"]["s to 0.99"] == "> 60 (not reached)"
     assert rows["b"]["s/epoch"] == "20" and rows["a"]["final test CE"] == "0.6667"
-    assert rows["a"]["intra/center"] == "0.25"
+    assert rows["a"]["intra/inter"] == "0.25" and rows["a"]["center lag"] == "0.1"
     assert "final center loss" not in header  # squared and sqrt center losses are in different units
     for name in ["report.md", "compare.csv", "accuracy.png", "cross_entropy.png", "compactness.png"]:
         assert (tmp_path / "out" / name).is_file()
@@ -120,7 +128,7 @@ def test_threshold_median_is_censored_when_most_runs_never_reach(tmp_path):
 
 
 def test_old_and_new_run_formats_group_together_and_show_missing_values(tmp_path):
-    old_columns = [c for c in METRIC_COLUMNS if c not in ("step", "compactness", "test_ce")]
+    old_columns = [c for c in METRIC_COLUMNS if c not in ("step", "compactness_ratio", "test_ce")]
     old = fake_run(tmp_path, "r_s0", [0.5, 0.9], columns=old_columns)
     new = fake_run(tmp_path, "r_s1", [0.5, 0.9], seed=1, columns=[*METRIC_COLUMNS, "some_future_metric"])
     cfg = yaml.safe_load((new / "config.yaml").read_text())
@@ -131,10 +139,10 @@ def test_old_and_new_run_formats_group_together_and_show_missing_values(tmp_path
     row = dict(zip(result["header"], result["rows"][0]))
     assert row["n"] == "2" and row["steps"] == "470"  # old run: steps derived from the config
     assert row["acc AUC"] == f"{auc([0.5, 0.9]):.4g}"
-    assert row["intra/center"] == "0.25 (1/2)" and row["final test CE"] == "1 (1/2)"
+    assert row["intra/inter"] == "0.25 (1/2)" and row["final test CE"] == "1 (1/2)"
     alone = compare([old], tmp_path / "out2", echo=quiet)
     row = dict(zip(alone["header"], alone["rows"][0]))
-    assert row["intra/center"] == "—" and row["final test CE"] == "—"
+    assert row["intra/inter"] == "—" and row["final test CE"] == "—"
     assert "train.some_future_key" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -167,16 +175,19 @@ def v1_runs(root, seeds=3, failed=()):
             if (label, s) in failed:
                 err = "training loss became nan at epoch 2, batch 3: run stopped"
                 runs.append(fake_run(root, name, curve(s)[:1], seed=s, arch=arch, distance=distance, epochs=3,
-                                     status="failed", error=err))  # fmt: skip
+                                     status="failed", error=err, arm=name[:4]))  # fmt: skip
                 continue
-            runs.append(fake_run(root, name, curve(s), seed=s, arch=arch, distance=distance))
+            runs.append(fake_run(root, name, curve(s), seed=s, arch=arch, distance=distance, arm=name[:4]))
             aucs[label][s] = auc(curve(s))
     return runs, aucs
 
 
+V1 = claim_set(load_experiment(find_experiment("v1")))
+
+
 def test_v1_claims_json_matches_scipy(tmp_path):
     runs, aucs = v1_runs(tmp_path)
-    result = compare(runs, tmp_path / "out", echo=quiet)
+    result = compare(runs, tmp_path / "out", echo=quiet, claim_set=V1)
     data = json.loads((tmp_path / "out" / "claims.json").read_text())
     assert [c["id"] for c in data] == ["1", "2"]
     c1, c2 = data
@@ -189,18 +200,20 @@ def test_v1_claims_json_matches_scipy(tmp_path):
     diff, low, high, _ = welch_ci(a, b)
     assert c2["verdict"] == "inconclusive" and c2["test"] == "Welch t"
     assert (c2["diff"], c2["ci_low"], c2["ci_high"]) == pytest.approx((diff, low, high))
-    assert c2["metric"] == "normalised area under test accuracy vs training step"
+    assert c2["metric"] == "acc_auc" and c2["direction"] == "higher" and c2["design_used"] == "welch"
     assert [cr.result.verdict for cr in result["claims"]] == ["supported", "inconclusive"]
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "## The V1 experiments' claims" in report and "| 1. squared center loss" in report
-    assert 'What "converges faster" means here' in report and "Welch" in report
-    assert "705 optimizer steps: 10.0% of the recipe's 7,050" in report and "pipeline check" in report
+    assert "## The claims of experiment `v1`" in report and "| 1. squared center loss" in report
+    assert "What the numbers mean" in report and "Welch" in report
+    assert "705 optimizer steps: 10.0% of the full profile's 7,050" in report
+    assert "only the first 705 steps of training" in report
+    assert "pairing not verified" in report  # hand-made runs carry no fingerprint
     assert "Regenerate this report: `centerexp compare" in report
 
 
 def test_v1_failed_runs_are_shown_counted_and_can_leave_too_few(tmp_path):
     runs, _ = v1_runs(tmp_path, failed={("V1.1", 2)})
-    result = compare(runs, tmp_path / "out", echo=quiet)
+    result = compare(runs, tmp_path / "out", echo=quiet, claim_set=V1)
     rows = {r[0] for r in result["rows"]}
     assert "v1_1_s2 [failed]" in rows
     c1, c2 = json.loads((tmp_path / "out" / "claims.json").read_text())
@@ -212,7 +225,7 @@ def test_v1_failed_runs_are_shown_counted_and_can_leave_too_few(tmp_path):
 
 def test_v1_a_failed_run_with_three_left_keeps_the_verdict(tmp_path):
     runs, aucs = v1_runs(tmp_path, seeds=4, failed={("V1.0", 3)})
-    compare(runs, tmp_path / "out", echo=quiet)
+    compare(runs, tmp_path / "out", echo=quiet, claim_set=V1)
     c1 = json.loads((tmp_path / "out" / "claims.json").read_text())[0]
     diff, low, high = paired_ci([aucs["V1.0"][s] for s in range(3)], [aucs["V1.1"][s] for s in range(3)])
     assert c1["verdict"] == "supported" and (c1["n_a"], c1["failed_a"]) == (3, 1)
@@ -221,19 +234,19 @@ def test_v1_a_failed_run_with_three_left_keeps_the_verdict(tmp_path):
 
 def test_a_glob_over_a_compared_folder_skips_compares_own_files_quietly(tmp_path):
     runs, _ = v1_runs(tmp_path, seeds=1)
-    compare(runs, tmp_path, echo=quiet)
+    compare(runs, tmp_path, echo=quiet, claim_set=V1)
     (tmp_path / "notes.txt").write_text("not a run")
     warnings = []
-    result = compare(sorted(tmp_path.iterdir()), tmp_path, echo=quiet, warn=warnings.append)
+    result = compare(sorted(tmp_path.iterdir()), tmp_path, echo=quiet, warn=warnings.append, claim_set=V1)
     assert len(result["rows"]) == 3 and (tmp_path / "claims.json").is_file()
     assert warnings == [
         f"skipping {tmp_path / 'notes.txt'}: not a centerexp run folder (no config.yaml and summary.json)"
     ]
 
 
-def test_stale_claims_json_is_removed_when_the_triple_is_gone(tmp_path):
+def test_stale_claims_json_is_removed_when_no_experiment_is_judged(tmp_path):
     runs, _ = v1_runs(tmp_path, seeds=1)
-    compare(runs, tmp_path / "out", echo=quiet)
+    compare(runs, tmp_path / "out", echo=quiet, claim_set=V1)
     c1 = json.loads((tmp_path / "out" / "claims.json").read_text())[0]
     assert c1["verdict"] == "insufficient evidence" and c1["ci_low"] is None  # n = 1: no interval
     compare(runs[:2], tmp_path / "out", echo=quiet)
@@ -313,14 +326,15 @@ def test_a_run_given_twice_counts_once(tmp_path):
     assert [r[1] for r in result["rows"]] == ["1"]
 
 
-def test_v1_claims_need_configs_that_differ_only_where_the_seed_says(tmp_path):
+def test_runs_of_no_arm_are_not_judged_and_the_cli_finds_the_experiment(tmp_path):
     runs = [
         fake_run(tmp_path, "v1_0", [0.9, 0.99]),
         fake_run(tmp_path, "v1_1", [0.5, 0.97], distance="sqrt"),
-        fake_run(tmp_path, "v1_2", [0.5, 0.97], distance="sqrt", arch="shallow"),
-    ]
-    cfg = yaml.safe_load((runs[2] / "config.yaml").read_text())
-    cfg["loss"]["lamda"] = 0.5  # no longer V1.1 with a shallower net
-    (runs[2] / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert compare(runs, tmp_path / "out", echo=quiet)["claims"] == []
-    assert not (tmp_path / "out" / "claims.json").exists()
+    ]  # no run.json, and default configs that match no V1 arm
+    result = compare(runs, tmp_path / "out", echo=quiet, claim_set=V1)
+    assert [cr.result.n_a for cr in result["claims"]] == [0, 0]
+    assert {cr.result.verdict for cr in result["claims"]} == {"insufficient evidence"}
+    tagged, _ = v1_runs(tmp_path / "tagged")  # run.json names the experiment: the CLI judges its claims
+    out = runner.invoke(app, ["compare", *map(str, tagged), "--out", str(tmp_path / "cli")])
+    assert out.exit_code == 0, out.output
+    assert "claim 1. squared center loss converges faster than sqrt (V1.0 vs V1.1): supported" in out.output

@@ -255,16 +255,18 @@ def test_a_live_run_is_not_trained_twice_and_a_dead_ones_lock_does_not_block(tmp
 def test_reproduce_skips_a_run_that_another_process_is_training(tmp_path):
     from dataclasses import replace
 
-    from centerexp.experiments.reproduce import plan_runs
+    from centerexp.experiments.reproduce import find_experiment, plan
+    from centerexp.experiments.spec import load_experiment
+    from centerexp.rundir import status
     from centerexp.sweeps.spec import train_sequentially
 
     tiny = ["model.arch=linear", "data.train_subset=128", "data.test_subset=64", "train.epochs=1", "plot.gif=false"]
-    spec = plan_runs("quick", 1, tmp_path, tiny)[0]
+    spec = plan(load_experiment(find_experiment("v1")), "quick", 1, tmp_path, tiny)[0]
     start_run(spec.config, list(spec.overrides), tmp_path, spec.name, progress=False)
     before = (spec.run_dir / "metrics.csv").read_bytes()
     lines = []
     with RunLock(spec.run_dir):  # "another process": flock conflicts between two open files, in one process too
-        train_sequentially([replace(spec, state="unfinished")], progress=False, echo=lines.append)
+        train_sequentially([replace(spec, state=status.RUNNING)], progress=False, echo=lines.append)
     assert any("skipped" in line and "being trained by another process" in line for line in lines), lines
     assert (spec.run_dir / "metrics.csv").read_bytes() == before
 

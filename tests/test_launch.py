@@ -43,7 +43,7 @@ def sequential(tmp_path_factory, mnist_root) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CENTEREXP_DATA", str(mnist_root))
         mp.setattr(runtime, "DEFAULT_THREADS", max(1, launch.cpu_count() // 2))
-        reproduce("quick", seeds=1, runs_dir=runs, progress=False, extra=TINY, echo=quiet)
+        reproduce("v1", "quick", seeds=1, runs_dir=runs, progress=False, extra=TINY, echo=quiet)
     return runs
 
 
@@ -64,7 +64,9 @@ def break_run(source: Path, target: Path) -> None:
 
 def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
     out = []
-    reproduce("quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2, poll_s=0.2))
+    reproduce(
+        "v1", "quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2, poll_s=0.2)
+    )
     assert_same_runs(tmp_path, sequential)
     assert (tmp_path / "report.md").is_file()
     for name in NAMES:
@@ -80,7 +82,7 @@ def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
     assert {read_json(tmp_path / name / "launcher.json")["threads"] for name in NAMES} == threads
 
     out.clear()  # a second call finds everything done and starts no process
-    reproduce("quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2))
+    reproduce("v1", "quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2))
     assert sum("already completed, kept" in line for line in out) == 3
 
 
@@ -96,7 +98,14 @@ def test_local_failure_is_reported_with_its_log_and_a_busy_run_is_skipped(tmp_pa
     out = []
     with RunLock(tmp_path / "v1_2_s0"), pytest.raises(CenterexpError) as e:
         reproduce(
-            "quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2, poll_s=0.2)
+            "v1",
+            "quick",
+            1,
+            tmp_path,
+            False,
+            TINY,
+            echo=out.append,
+            launcher=LaunchOptions("local", jobs=2, poll_s=0.2),
         )
     message = str(e.value)
     assert "2 of 3 runs did not finish" in message
@@ -116,6 +125,7 @@ def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, 
     out = []
     with pytest.raises(CenterexpError, match="1 of 3 runs did not finish") as e:
         reproduce(
+            "v1",
             "quick",
             1,
             tmp_path,
@@ -153,7 +163,7 @@ def test_options_are_checked():
 
 
 def test_cli_rejects_a_bad_launcher_before_planning_runs(tmp_path):
-    result = CliRunner().invoke(app, ["reproduce", "--launcher", "pbs", "--runs-dir", str(tmp_path)])
+    result = CliRunner().invoke(app, ["reproduce", "v1", "--launcher", "pbs", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown launcher 'pbs'" in result.output
     assert not any(tmp_path.iterdir())
 

@@ -97,6 +97,6 @@ def test_a_first_format_run_without_step_column_or_loss_kind(run, tmp_path):
     assert json.loads((run / "summary.json").read_text())["run_format"] == RUN_FORMAT
 
 
-def test_the_readme_lists_every_metrics_column():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_reference_lists_every_metrics_column():
+    readme = (Path(__file__).parent.parent / "docs" / "reference.md").read_text()
     assert reference_table() in readme

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from centerexp.experiments.reproduce import plan_runs
+from centerexp.experiments.reproduce import find_experiment, plan
+from centerexp.experiments.spec import load_experiment
 from centerexp.rundir.io import read_json
 from centerexp.rundir.records import read_metrics
 from centerexp.sweeps.spec import train_spec
@@ -48,7 +49,7 @@ def slurm_env(tmp_path_factory):
 
 
 def reproduce_command(runs: Path) -> list[str]:
-    command = [sys.executable, "-m", "centerexp", "reproduce", "--profile", "quick", "--seeds", "2"]
+    command = [sys.executable, "-m", "centerexp", "reproduce", "v1", "--profile", "quick", "--seeds", "2"]
     command += ["--runs-dir", str(runs), "--launcher", "slurm", "--cpus-per-job", "1", "--time", "10"]
     for item in EXTRA:
         command += ["--set", item]
@@ -151,7 +152,7 @@ def test_slurm_sweep_requeues_a_timed_out_job_and_resumes_a_cancelled_one(slurm_
 
     # Interrupted and resumed, both runs match the same runs trained in one go in this process.
     reference = tmp_path / "reference"
-    for spec in plan_runs("quick", 2, reference, EXTRA):
+    for spec in plan(load_experiment(find_experiment("v1")), "quick", 2, reference, EXTRA):
         if spec.name in (requeued, cancelled):
             train_spec(spec, progress=False)
             assert metrics_without_timing(runs / spec.name) == metrics_without_timing(reference / spec.name)

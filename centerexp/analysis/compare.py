@@ -168,7 +168,7 @@ def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[s
                 + _row_values(g.completed, thresholds)
             )
         for run in g.others:
-            epochs = f"{run.figures.get('epochs_done', 0)}/{run.config.get('train.epochs')} epochs"
+            epochs = f"{run.figures.get('epochs_done', 0):g}/{run.config.get('train.epochs')} epochs"
             status = f"{run.status} ({epochs})" if run.status != "completed" else "completed, non-finite values"
             rows.append(
                 [f"{run.name} [{'failed' if run.outcome == 'failed' else run.status}]", "1", status]

@@ -44,11 +44,18 @@ def run_state(run_dir: Path, config: Path, overrides: tuple[str, ...], label: st
 
 
 def adopt(spec: RunSpec) -> None:
-    """Record the spec's identity in an existing run folder that lacks it (made before run.json existed)."""
-    if spec.identity and is_run_dir(spec.run_dir):
-        current = read_identity(spec.run_dir)
-        if any(current.get(k) != v for k, v in spec.identity.items()):
-            write_identity(spec.run_dir, **spec.identity)
+    """Record the spec's identity in an existing run folder that lacks it (made before run.json
+    existed), and its fingerprint, recomputed from its config and seed, so pairs can be checked."""
+    if not (spec.identity and is_run_dir(spec.run_dir)):
+        return
+    current = read_identity(spec.run_dir)
+    if any(current.get(k) != v for k, v in spec.identity.items()):
+        write_identity(spec.run_dir, **spec.identity)
+    if "fingerprint" not in current:
+        from centerexp.training.train import fingerprint_of
+
+        cfg = load_config(spec.run_dir / files.CONFIG)
+        write_identity(spec.run_dir, fingerprint=fingerprint_of(cfg), fingerprint_source="recomputed when adopted")
 
 
 def train_spec(spec: RunSpec, progress=None) -> dict:

@@ -275,12 +275,23 @@ def train(
         held.release()
 
 
+def starting_point(cfg: Config, device: torch.device, channels_last: bool) -> tuple[Parts, Split, Split]:
+    """Seeds, data, model, centers and optimizers, as a run starts (before any checkpoint)."""
+    seed_everything(cfg.train.seed)
+    train_set, test_set = load_mnist(cfg.data, cfg.train.seed, device)
+    return build_parts(cfg, device, channels_last), train_set, test_set
+
+
+def fingerprint_of(cfg: Config) -> dict:
+    """The fingerprint a run of ``cfg`` had at its start, recomputed (for runs made before run.json)."""
+    parts, train_set, _ = starting_point(cfg, torch.device("cpu"), channels_last=False)
+    return fingerprint(parts, train_set)
+
+
 def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads):
     progress = sys.stderr.isatty() if progress is None else progress
     rt = Runtime.from_config(cfg, threads=threads)
-    seed_everything(cfg.train.seed)
-    train_set, test_set = load_mnist(cfg.data, cfg.train.seed, rt.device)
-    parts = build_parts(cfg, rt.device, rt.channels_last)
+    parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last)
     ckpt_path = run_dir / files.CHECKPOINT
     pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
     if pos.step == 0:  # a fresh start: what a paired comparison must share with this run's partner
