@@ -41,4 +41,4 @@ def test_train_help_shows_flags_values_and_defaults():
 
 def test_reproduce_help_shows_profile_defaults():
     text = help_text("reproduce")
-    assert "[default: (the profile's: full 5, quick 3)]" in text
+    assert "[default: (the profile's)]" in text and "[default: (runs/EXPERIMENT/PROFILE)]" in text

@@ -152,7 +152,7 @@ def _named(path: str):
 # epoch 1 calls F.cross_entropy 4 times in training (256 images / 64) and once in evaluation.
 NAMED_MOMENTS = {
     "setup, loading MNIST": ("centerexp.training.train.load_mnist", lambda *a, **k: True, 1),
-    "creating the run folder": ("centerexp.rundir.io.atomic_write_text", lambda p, *a: ".creating-" in str(p), 2),
+    "creating the run folder": ("centerexp.rundir.folder.atomic_write_text", lambda p, *a: ".creating-" in str(p), 2),
     "mid-step, epoch 2": ("F.cross_entropy", lambda *a, **k: True, 7),
     "evaluation, epoch 2": ("centerexp.training.train.evaluate", lambda *a, **k: True, 2),
     "first metrics row written, plots not yet": ("centerexp.plots.plot_loss_curves", lambda *a, **k: True, 1),

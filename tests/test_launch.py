@@ -14,9 +14,9 @@ from centerexp.errors import CenterexpError
 from centerexp.experiments.reproduce import reproduce
 from centerexp.rundir.folder import RunLock
 from centerexp.rundir.io import read_json, write_json
-from centerexp.sweeps import launch
+from centerexp.sweeps import jobs, local
 from centerexp.sweeps import submitit_jobs as submit
-from centerexp.sweeps.launch import LaunchOptions, Outcome
+from centerexp.sweeps.jobs import LaunchOptions, Outcome
 from centerexp.sweeps.spec import RunSpec
 
 from .conftest import metrics_without_timing
@@ -42,7 +42,7 @@ def sequential(tmp_path_factory, mnist_root) -> Path:
     runs = tmp_path_factory.mktemp("sequential")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CENTEREXP_DATA", str(mnist_root))
-        mp.setattr(runtime, "DEFAULT_THREADS", max(1, launch.cpu_count() // 2))
+        mp.setattr(runtime, "DEFAULT_THREADS", max(1, jobs.cpu_count() // 2))
         reproduce("v1", "quick", seeds=1, runs_dir=runs, progress=False, extra=TINY, echo=quiet)
     return runs
 
@@ -78,7 +78,7 @@ def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
         assert log.parent == tmp_path / "logs" and f"{name}: completed after 1 epochs" in log.read_text()
     assert sum(": completed (job local-" in line for line in out) == 3
     threads = {read_json(tmp_path / name / "env.json")["threads"] for name in NAMES}
-    assert threads == {max(1, launch.cpu_count() // 2)}  # each of the 2 jobs got half the CPU threads
+    assert threads == {max(1, jobs.cpu_count() // 2)}  # each of the 2 jobs got half the CPU threads
     assert {read_json(tmp_path / name / "launcher.json")["threads"] for name in NAMES} == threads
 
     out.clear()  # a second call finds everything done and starts no process
@@ -169,18 +169,19 @@ def test_cli_rejects_a_bad_launcher_before_planning_runs(tmp_path):
 
 
 def test_spec_travels_as_json():
-    spec = RunSpec(Path("/c/v1_0.yaml"), ("a=1", "train.seed=0"), Path("/r/v1_0_s0"), "new", "centerexp reproduce")
-    assert launch.spec_from_json(launch.spec_to_json(spec)) == spec
+    spec = RunSpec(Path("/c/v1_0.yaml"), ("a=1",), Path("/r/v1_0_s0"), "new", "centerexp reproduce", {"arm": "v1_0"})
+    back = local.spec_from_json(local.spec_to_json(spec))
+    assert back == spec and back.identity == {"arm": "v1_0"}  # identity is not part of equality: checked too
 
 
 def test_worker_env_splits_cpus_and_hands_out_gpus(monkeypatch):
-    monkeypatch.setattr(launch, "cpu_count", lambda: 16)
+    monkeypatch.setattr(local, "cpu_count", lambda: 16)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    env = launch.worker_env(slot=1, jobs=4, devices=[])
+    env = local.worker_env(slot=1, jobs=4, devices=[])
     assert env["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in env
-    assert "CUDA_VISIBLE_DEVICES" not in launch.worker_env(0, 2, ["0"])  # one GPU: shared, left as it is
-    assert [launch.worker_env(s, 3, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["0", "1", "0"]
-    assert launch.worker_env(0, 32, [])["OMP_NUM_THREADS"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in local.worker_env(0, 2, ["0"])  # one GPU: shared, left as it is
+    assert [local.worker_env(s, 3, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["0", "1", "0"]
+    assert local.worker_env(0, 32, [])["OMP_NUM_THREADS"] == "1"
 
 
 def test_parse_squeue():
@@ -236,7 +237,7 @@ def test_launcher_json_keeps_earlier_attempts(tmp_path):
     spec = RunSpec(Path("c.yaml"), (), tmp_path / "v1_0_s0", "unfinished", "")
     spec.run_dir.mkdir()
     for job_id in ("1_0", "2_0"):
-        sweep = launch.Sweep([spec], "slurm", False, quiet)
+        sweep = jobs.Sweep([spec], "slurm", False, quiet)
         sweep.submitted(spec, job_id, tmp_path / f"{job_id}.out", tmp_path / f"{job_id}.err")
         sweep.set_state(spec, "running")
         sweep.finish(spec, Outcome(spec.name, "failed", error="CANCELLED"))

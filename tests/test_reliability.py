@@ -151,7 +151,7 @@ def test_resume_keeps_the_runs_thread_count_unless_told(tmp_path, tiny_config):
 
 
 def test_a_run_that_dies_during_setup_can_be_resumed(tmp_path, tiny_config, reference_run, monkeypatch):
-    import centerexp.train as train_module
+    import centerexp.training.train as train_module
 
     def dies(*args, **kwargs):
         raise KeyboardInterrupt
@@ -326,7 +326,7 @@ def test_corrupt_dataset_file(workspace, tiny_config, tmp_path, monkeypatch):
 
 
 def test_disk_full_mid_run_is_a_clear_error(tmp_path, tiny_config, monkeypatch):
-    import centerexp.runs as runs_module
+    import centerexp.rundir.io as runs_module
 
     real_mkstemp, checkpoint_writes = runs_module.tempfile.mkstemp, [0]
 

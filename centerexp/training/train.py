@@ -174,6 +174,7 @@ def train_steps(
         "center": aux,
         "acc": correct,
         "n": seen,
+        "steps": len(starts),
         "features": torch.cat(features_seen),
         "order": torch.cat(order),  # image index of each row of features
     }
