@@ -250,7 +250,7 @@ def reproduce(
 @app.command()
 @guarded
 def parity(
-    config: Path = typer.Argument(Path("configs/v1_0.yaml"), help="The config to train in fp32 and in bf16."),
+    config: Path = typer.Argument(..., help="The config to train in fp32 and in bf16, e.g. configs/v1_0.yaml."),
     seeds: int = typer.Option(5, "--seeds", help="Paired seeds (0, 1, ...); 3 at least for an interval."),
     runs_dir: Path = typer.Option(Path("runs/parity"), "--runs-dir", help="Where the runs and parity.json go."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run."),

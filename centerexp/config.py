@@ -31,14 +31,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "deep"  # deep (V1.0, V1.1) | shallow (V1.2) | linear (overview document)
+    arch: str = "deep"  # deep (9 ConvLayers) | shallow (6 ConvLayers) | linear (overview document)
     feat_dim: int = 2  # size of the feature the center loss acts on; 2 so it can be plotted
 
 
 @dataclass
 class LossConfig:
     kind: str = "center"  # the auxiliary loss added to cross-entropy (losses.AUX_LOSSES)
-    distance: str = "squared"  # squared: ||x - c||^2 (V1.0) | sqrt: ||x - c|| (V1.1, V1.2)
+    distance: str = "squared"  # squared: ||x - c||^2 | sqrt: ||x - c||
     lamda: float = 1.0  # center-loss weight, applied as lamda / 2 * mean(...)
     count_normalized: bool = True  # divide each sample's distance by its class count in the batch
     center_update: str = "sgd"  # sgd: own SGD optimizer at center_lr | ema: Wen et al. Eq. 4 with alpha

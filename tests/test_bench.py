@@ -45,12 +45,13 @@ def test_format_shows_ceiling_fraction_and_the_reproduce_estimate():
         }
     env = {"device_name": "cpu X", "device": "cpu", "threads": 2, "torch": "2"}
     r = {"env": env, "steps": 6, "warmup": 1, "batch_size": 256, "models": {"deep": m}}
-    r["reproduce_estimate_seconds"] = {"quick": 1200.0, "full": 3.6e5}
-    r["reproduce_seeds"] = {"quick": 3, "full": 5}
+    r["reproduce_estimates"] = {
+        "v1": {"quick": {"seconds": 1200.0, "seeds": 3}, "full": {"seconds": 3.6e5, "seeds": 5}}
+    }
     text = format_bench(r)
     assert "2.25x" in text and "92%" in text and "96%" in text  # 90/40, 90/98, 44/46
     assert "measured bf16/fp32 step 2.10x" in text
-    assert "PROFILE=quick (3 seeds) 20 min" in text and "PROFILE=full (5 seeds) 100.0 h" in text
+    assert "  v1: quick (3 seeds) 20 min, full (5 seeds) 100.0 h" in text
 
 
 def test_bench_json_and_bad_option():

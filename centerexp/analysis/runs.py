@@ -84,7 +84,7 @@ def load_runs(paths: list[Path], warn=None, skip_quietly=()) -> list[Run]:
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     runs, seen = [], set()
     for path in map(Path, paths):
-        if path.resolve() in seen:  # runs/* runs/v1_0 must not count v1_0 twice
+        if path.resolve() in seen:  # runs/* runs/a must not count a twice
             continue
         seen.add(path.resolve())
         if not is_run_dir(path):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from centerexp.config import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, Config, ModelConfig, load_config
-from centerexp.experiments.reproduce import find_experiment
+from centerexp.experiments.reproduce import EXPERIMENTS
 from centerexp.experiments.spec import load_experiment
 from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist
 from centerexp.training.losses import CenterLoss
@@ -172,6 +172,20 @@ def reproduce_estimate(experiment, profile_name: str, rates: dict) -> float:
     return total * profile.seeds
 
 
+def reproduce_estimates(rates: dict) -> dict:
+    """Every shipped experiment whose models were timed: profile -> (seconds, seeds)."""
+    estimates = {}
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        experiment = load_experiment(path)
+        archs = {load_config(a.config, list(a.overrides)).model.arch for a in experiment.arms}
+        if archs <= set(rates):
+            estimates[experiment.name] = {
+                p: {"seconds": reproduce_estimate(experiment, p, rates), "seeds": experiment.profiles[p].seeds}
+                for p in experiment.profiles
+            }
+    return estimates
+
+
 def run_bench(
     archs=("deep", "shallow"),
     steps: int = 6,
@@ -213,10 +227,7 @@ def run_bench(
         m["centerexp_auto_images_per_s"] = m[f"centerexp_{auto.precision}_images_per_s"]
         m["centerexp_auto_vs_plain"] = m[f"centerexp_{auto.precision}_vs_plain"]
         result["models"][arch] = m
-    if all(a in rates for a in ("deep", "shallow")):
-        v1 = load_experiment(find_experiment("v1"))
-        result["reproduce_estimate_seconds"] = {p: reproduce_estimate(v1, p, rates) for p in v1.profiles}
-        result["reproduce_seeds"] = {p: v1.profiles[p].seeds for p in v1.profiles}
+    result["reproduce_estimates"] = reproduce_estimates(rates)
     if profile:
         result["profile"] = profile_step(archs[0], device_name)
     if as_json:
@@ -277,12 +288,13 @@ def format_bench(r: dict) -> str:
             )
         lines.append(f"{'':8} auto picks {m['auto_precision']}{why}; {m['gflop_per_image']:.2f} GFLOP per image")
     lines.append("s/epoch: 60,000 training + 10,000 test images at the measured rates.")
-    est = r.get("reproduce_estimate_seconds")
-    if est:
+    if r.get("reproduce_estimates"):
         lines.append(
-            "estimated `make reproduce` on this machine (training + evaluation at these rates): "
-            + ", ".join(f"PROFILE={p} ({r['reproduce_seeds'][p]} seeds) {_duration(s)}" for p, s in est.items())
+            "estimated `centerexp reproduce EXPERIMENT --profile P` here (training + evaluation at these rates):"
         )
+    for name, profiles in r.get("reproduce_estimates", {}).items():
+        shown = ", ".join(f"{p} ({e['seeds']} seeds) {_duration(e['seconds'])}" for p, e in profiles.items())
+        lines.append(f"  {name}: {shown}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 With the same ``train.seed`` the two runs of a pair start from the same weights and centers and
 see the same batches; only the arithmetic differs. So the per-seed difference (bf16 - fp32) is
 the unit, and its mean gets a paired t 95% interval (``stats.paired_test``), for the primary
-metric of the V1 claims (area under test accuracy vs step) and for the final test accuracy. An
+metric of the shipped claims (area under test accuracy vs step) and for the final test accuracy. An
 interval that contains 0 bounds the difference; it does not prove there is none.
 
 The default profile is the quick profile's dynamics (batch 64 with lamda scaled to 0.25) at twice
@@ -17,7 +17,6 @@ from pathlib import Path
 
 from centerexp.analysis.metrics import METRICS
 from centerexp.analysis.stats import finite, paired_test
-from centerexp.experiments.reproduce import REPO
 from centerexp.rundir import status
 from centerexp.rundir.io import write_json
 from centerexp.sweeps.jobs import LaunchOptions
@@ -75,7 +74,7 @@ def _json_safe(x):
 
 
 def parity(
-    config: Path = REPO / "configs" / "v1_0.yaml",
+    config: Path,
     seeds: int = 5,
     runs_dir: Path = Path("runs/parity"),
     extra: list[str] = (),

@@ -24,7 +24,7 @@ EXPERIMENTS = REPO / "configs" / "experiments"
 
 
 def find_experiment(name_or_path: str | Path) -> Path:
-    """An experiment file by path, or by name under configs/experiments/ (``v1`` -> v1.yaml)."""
+    """An experiment file by path, or by name under configs/experiments/ (``NAME`` -> NAME.yaml)."""
     path = Path(name_or_path)
     for candidate in (path, EXPERIMENTS / path, EXPERIMENTS / f"{path}.yaml", REPO / path):
         if candidate.is_file():

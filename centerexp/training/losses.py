@@ -1,4 +1,4 @@
-"""Auxiliary feature losses: center loss (Wen et al., ECCV 2016) in the two forms V1 compares.
+"""Auxiliary feature losses: center loss (Wen et al., ECCV 2016) in its squared and sqrt forms.
 
 The trainer adds an *auxiliary loss* to cross-entropy and talks to it only through
 ``AuxiliaryLoss``: the loss value, an optional update after each optimizer step, and optional
@@ -40,8 +40,8 @@ class CenterLoss(AuxiliaryLoss):
         lamda / 2 * mean_i( d_i / n_{y_i} )     (count_normalized=True, the seed's form)
         lamda / 2 * mean_i( d_i )               (count_normalized=False, the overview's form)
 
-    The centers are a Parameter, so they can be moved by an optimizer (the V1 runs: SGD at
-    lr 0.5) or, with no optimizer, by ``update_centers`` (Wen et al. Eq. 4).
+    The centers are a Parameter, so they can be moved by an optimizer (the shipped configs: SGD
+    at lr 0.5) or, with no optimizer, by ``update_centers`` (Wen et al. Eq. 4).
     """
 
     def __init__(

@@ -51,12 +51,13 @@ SHALLOW_WIDTHS = [[1, 32, 64], [64, 128, 256], [256, 512, 512]]
 
 
 def deep_net(feat_dim: int = 2) -> ConvNet:
-    """V1.0 / V1.1: nine ConvLayers and four pools, Linear(64, feat_dim)."""
+    """The deep net (configs/v1_0.yaml, v1_1.yaml): nine ConvLayers and four pools, Linear(64, feat_dim)."""
     return ConvNet(DEEP_WIDTHS, 64 * 1 * 1, feat_dim)
 
 
 def shallow_net(feat_dim: int = 2) -> ConvNet:
-    """V1.2: V1.0 without its last three ConvLayers and last pool, Linear(512*3*3, feat_dim)."""
+    """The shallow net (configs/v1_2.yaml): the deep net without its last three ConvLayers and last pool,
+    Linear(512*3*3, feat_dim)."""
     return ConvNet(SHALLOW_WIDTHS, 512 * 3 * 3, feat_dim)
 
 
