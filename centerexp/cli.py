@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from centerexp.analysis.compare import DEFAULT_THRESHOLDS
+from centerexp.analysis import DEFAULT_THRESHOLDS
 from centerexp.config import CHOICES
 from centerexp.errors import CenterexpError
 from centerexp.rundir import files

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from centerexp.analysis import report
+from centerexp.analysis import DEFAULT_THRESHOLDS, report
 from centerexp.analysis.claims import ClaimSpec, arms_from_runs, judge
 from centerexp.analysis.runs import Run, load_runs, run_figures
 from centerexp.analysis.stats import finite
@@ -27,7 +27,6 @@ from centerexp.errors import CenterexpError
 from centerexp.rundir.io import atomic_write_text
 from centerexp.rundir.schema import BY_NAME, TABLE_COLUMNS
 
-DEFAULT_THRESHOLDS = (0.98, 0.99)
 GROUP_KEY_IGNORED = {"train.seed"}
 # what compare writes: skipped without a warning when a glob over a report's folder passes them
 COMPARE_OUTPUTS = {"report.md", "compare.csv", "claims.json", *report.FIGURE_FILES}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from centerexp.analysis import DEFAULT_THRESHOLDS
 from centerexp.analysis.claims import DESIGNS, ClaimSpec
 from centerexp.analysis.metrics import METRICS
 from centerexp.config import (
@@ -239,7 +240,7 @@ def load_experiment(path: str | Path) -> Experiment:
     raw = _mapping(raw, TOP_KEYS, where, required=("name", "arms"))
     name = _text(raw["name"], "a name", f"{where}: name")
     seeds = _seeds(raw.get("seeds", 3), f"{where}: seeds")
-    thresholds = _thresholds(raw.get("thresholds", [0.98, 0.99]), f"{where}: thresholds")
+    thresholds = _thresholds(raw.get("thresholds", list(DEFAULT_THRESHOLDS)), f"{where}: thresholds")
     arms = _arms(raw["arms"], path.parent, f"{where}: arms")
     profiles = _profiles(raw.get("profiles"), seeds, thresholds, f"{where}: profiles")
     claims = _claims(raw.get("claims"), arms, f"{where}: claims")
