@@ -88,7 +88,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name.", show_default="the config file's stem"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name."),
     resume: Optional[Path] = typer.Option(
-        None, "--resume", help="Continue this run folder from its last complete epoch."
+        None, "--resume", help="Continue this run folder from its last checkpoint (its last evaluation)."
     ),
     allow_config_change: bool = typer.Option(
         False, "--allow-config-change", help="With --resume: accept a config that differs from the checkpoint's."
@@ -161,7 +161,8 @@ def compare(
     for t in threshold:
         if not 0 < t <= 1:
             raise CenterexpError(f"--threshold {t}: expected an accuracy in (0, 1]", 2)
-    claim_set, profile_thresholds = experiment_of_runs(list(runs or []), experiment)
+    warn = lambda msg: typer.echo(f"warning: {msg}", err=True)  # noqa: E731
+    claim_set, profile_thresholds = experiment_of_runs(list(runs or []), experiment, warn)
     run_compare(
         list(runs or []),
         out,
@@ -169,7 +170,7 @@ def compare(
         csv,
         all_keys,
         echo=typer.echo,
-        warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
+        warn=warn,
         claim_set=claim_set,
     )
 
@@ -179,7 +180,7 @@ def compare(
 def plot(
     run: Path = typer.Argument(..., help="A run folder."),
     gif: bool = typer.Option(
-        True, "--gif/--no-gif", help="Also assemble plots/features.gif from the per-epoch frames."
+        True, "--gif/--no-gif", help="Also assemble plots/features.gif from the per-evaluation frames."
     ),
 ):
     """Redraw a run's loss curves (and feature GIF) from its files, e.g. while it is still training."""
@@ -191,12 +192,12 @@ def plot(
         raise CenterexpError(f"{run}: {NOT_A_RUN}", 2)
     metrics = metrics_columns(run / files.METRICS)
     if not metrics.get("epoch"):
-        raise CenterexpError(f"{run}: no finished epoch yet, nothing to plot")
+        raise CenterexpError(f"{run}: no evaluation yet, nothing to plot")
     plot_loss_curves(metrics, run / files.LOSS_CURVES, run.name)
-    typer.echo(f"wrote {run / 'plots' / 'loss_curves.png'}")
+    typer.echo(f"wrote {run / files.LOSS_CURVES}")
     if gif:
         path = feature_gif(run)
-        typer.echo(f"wrote {path}" if path else "no per-epoch feature plots found: no GIF")
+        typer.echo(f"wrote {path}" if path else "no feature plots found: no GIF")
 
 
 LAUNCHER_HELP = "local (this machine), submitit-local (submitit's local jobs) or slurm."
@@ -279,7 +280,7 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """The seed's plain loop vs centerexp in fp32, bf16 and auto: img/s, % of the conv-stack ceiling,
-    s/epoch and the estimated time of `make reproduce` on this machine."""
+    s/epoch and the estimated time of each shipped experiment's profiles on this machine."""
     from centerexp.experiments.bench import run_bench
 
     if device not in CHOICES["train.device"]:

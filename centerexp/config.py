@@ -216,6 +216,11 @@ def batch_starts(n: int, batch_size: int) -> list[int]:
     return [s for s in range(0, n, batch_size) if n - s > 1]
 
 
+def train_images(train_subset: int | None) -> int:
+    """Training images a run sees per epoch: its subset, or all of MNIST's."""
+    return min(train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimizer steps in one epoch over ``n_train`` images (the same in every epoch)."""
     return len(batch_starts(n_train, batch_size))

@@ -160,7 +160,7 @@ def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
 
 
 def feature_gif(run_dir: Path) -> Path | None:
-    """plots/features.gif from the per-epoch frames in plots/features/."""
+    """plots/features.gif from the per-evaluation frames in plots/features/."""
     frames = sorted((Path(run_dir) / files.FEATURE_FRAMES).glob("*.png"))  # epoch_NNN or step_NNNNNNN
     out = Path(run_dir) / files.FEATURES_GIF
     return out if make_gif(frames, out) else None

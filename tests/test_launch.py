@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from centerexp.cli import app
 from centerexp.errors import CenterexpError
 from centerexp.experiments.reproduce import reproduce
+from centerexp.rundir import status
 from centerexp.rundir.folder import RunLock
 from centerexp.rundir.io import read_json, write_json
 from centerexp.sweeps import jobs, local
@@ -234,7 +235,7 @@ def test_outcome_describe():
 
 
 def test_launcher_json_keeps_earlier_attempts(tmp_path):
-    spec = RunSpec(Path("c.yaml"), (), tmp_path / "v1_0_s0", "unfinished", "")
+    spec = RunSpec(Path("c.yaml"), (), tmp_path / "v1_0_s0", status.INTERRUPTED, "")
     spec.run_dir.mkdir()
     for job_id in ("1_0", "2_0"):
         sweep = jobs.Sweep([spec], "slurm", False, quiet)

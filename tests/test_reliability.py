@@ -150,6 +150,20 @@ def test_resume_keeps_the_runs_thread_count_unless_told(tmp_path, tiny_config):
     assert summary(told)["status"] == "completed"
 
 
+def test_resume_keeps_the_precision_auto_resolved_to(tmp_path, tiny_config):
+    """train.precision: auto is resolved once, when the run starts: a resume on a machine (or with a
+    cache) that would decide otherwise trains on in the run's own precision."""
+    assert cli("train", str(tiny_config), "--runs-dir", str(tmp_path), "--set", "train.epochs=1", "-q").exit_code == 0
+    run = tmp_path / "tiny"
+    env = json.loads((run / "env.json").read_text())
+    assert env["precision"] == "fp32"  # what auto resolved to here (the linear net keeps fp32)
+    (run / "env.json").write_text(json.dumps({**env, "precision": "bf16"}))  # as if it had resolved to bf16
+    args = ["train", "--resume", str(run), "--set", "train.epochs=2", "--allow-config-change", "-q"]
+    assert cli(*args).exit_code == 0
+    resumed = json.loads((run / "env.json").read_text())["resumes"][-1]
+    assert resumed["precision"] == "bf16" and "resolved when the run started" in resumed["precision_choice"]["mode"]
+
+
 def test_a_run_that_dies_during_setup_can_be_resumed(tmp_path, tiny_config, reference_run, monkeypatch):
     import centerexp.training.train as train_module
 

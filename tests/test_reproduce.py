@@ -141,7 +141,10 @@ def test_your_own_experiment_file_needs_no_code(tmp_path):
         ("metric: compactness", "unknown key 'compactnes' (did you mean 'compactness'?)"),
         ("better: lin_lamda0.1", "not an arm of this experiment"),
         ("precision: fp32", "precision: must be one of auto, fp32, bf16, got 'fp16'"),
-        ("train.epochs=1", "unknown key 'train.epoch'"),
+        ("train.epochs=1", "profile tiny, arm lin_lamda0.0: --set: unknown key 'train.epoch'"),
+        ("plot.gif=false]", "train.seed is set by the plan"),
+        ("- name: lin", "arms[0].name: expected a name of letters, digits"),
+        ("metric: compactness,", "claims[0].metric: unknown key"),
     ],
 )
 def test_experiment_files_are_checked_strictly(tmp_path, change, message):
@@ -152,6 +155,9 @@ def test_experiment_files_are_checked_strictly(tmp_path, change, message):
         "better: lin_lamda0.1": "better: lin_lamda9",
         "precision: fp32": "precision: fp16",
         "train.epochs=1": "train.epoch=1",
+        "plot.gif=false]": "plot.gif=false, train.seed=3]",
+        "- name: lin": "- name: lin/ear",
+        "metric: compactness,": "metric: [compactness],",
     }[change]
     path = tmp_path / "bad.yaml"
     path.write_text(OWN.format(configs=CONFIGS).replace(change, broken, 1))

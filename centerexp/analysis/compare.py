@@ -23,11 +23,12 @@ from centerexp.analysis import DEFAULT_THRESHOLDS, report
 from centerexp.analysis.claims import ClaimSpec, arms_from_runs, judge
 from centerexp.analysis.runs import Run, load_runs, run_figures
 from centerexp.analysis.stats import finite
+from centerexp.config import RUNTIME_ONLY_KEYS
 from centerexp.errors import CenterexpError
 from centerexp.rundir.io import atomic_write_text
 from centerexp.rundir.schema import BY_NAME, TABLE_COLUMNS
 
-GROUP_KEY_IGNORED = {"train.seed"}
+GROUP_KEY_IGNORED = {"train.seed", *RUNTIME_ONLY_KEYS}  # runs that differ only in these share a group
 # what compare writes: skipped without a warning when a glob over a report's folder passes them
 COMPARE_OUTPUTS = {"report.md", "compare.csv", "claims.json", *report.FIGURE_FILES}
 
@@ -40,6 +41,7 @@ class ClaimSet:
     """What compare needs to judge an experiment's claims on its runs (built by the experiments layer)."""
 
     name: str  # the experiment's name
+    file: str  # its experiment file (for the report's regenerate command)
     title: str
     arms: dict[str, str]  # arm name -> label, in the experiment's order
     claims: tuple[ClaimSpec, ...]
@@ -237,7 +239,7 @@ def compare(
     grid = report.plot_feature_grid(runs, out)
     if grid:
         figures.append(grid)
-    command = report.regenerate_command(paths, thresholds)
+    command = report.regenerate_command(paths, thresholds, claim_set.file if claim_set else None)
     text = report.report_markdown(runs, table, claim_set, results, figures, thresholds, command)
     atomic_write_text(out / "report.md", text)
     echo(f"\nreport: {out / 'report.md'}")

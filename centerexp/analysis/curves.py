@@ -9,15 +9,14 @@ training, and an untrained 10-class net is at chance in expectation.
 import math
 
 from centerexp.analysis.stats import finite
-from centerexp.config import MNIST_TRAIN_IMAGES, steps_per_epoch
+from centerexp.config import steps_per_epoch, train_images
 
 CHANCE = 0.1  # test accuracy of a 10-class guess: the curve's start
 
 
 def steps_from_config(epochs: list[float], train_subset: int | None, batch_size: int) -> list[float]:
     """Cumulative steps at the end of each epoch, for runs written before metrics.csv had ``step``."""
-    n = min(train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
-    per_epoch = steps_per_epoch(n, batch_size)
+    per_epoch = steps_per_epoch(train_images(train_subset), batch_size)
     return [e * per_epoch for e in epochs]
 
 

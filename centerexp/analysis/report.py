@@ -103,8 +103,9 @@ def provenance(runs: list) -> list[str]:
     return [" ".join(lines)]
 
 
-def regenerate_command(paths: list[Path], thresholds) -> str:
+def regenerate_command(paths: list[Path], thresholds, experiment_file: str | None = None) -> str:
     flags = "".join(f" --threshold {t:g}" for t in thresholds)
+    flags += f" --experiment {experiment_file}" if experiment_file else ""
     return f"centerexp compare {' '.join(str(p) for p in paths)}{flags}"
 
 
@@ -112,12 +113,10 @@ TABLE_NOTE = (
     "Rows group completed runs whose configs differ only in `train.seed` (mean ± sample std over seeds, "
     "n = completed seeds); failed and unfinished runs follow their group on rows of their own and are "
     f"never averaged. {MISSING}: a value the run's format does not record. steps: optimizer steps trained. "
-    "acc AUC: the primary metric below. final test CE: test cross-entropy after the last epoch. "
-    "'steps to t' / 's to t': optimizer steps and training wall-clock seconds until test accuracy first "
-    "reached t, as a median where a run that never reached t counts as later than every run that did, "
-    "with how many reached it. intra dist: mean distance of a test feature to its class center; center "
-    "dist: mean distance between centers; intra/center: their ratio (lower = tighter, better separated "
-    "clusters). The center loss itself is not compared: squared and sqrt forms are in different units."
+    "acc AUC: normalised area under test accuracy vs step (below). final test CE: test cross-entropy at the "
+    "last evaluation. 'steps to t' / 's to t': optimizer steps and training wall-clock seconds until test "
+    "accuracy first reached t, as a median where a run that never reached t counts as later than every run "
+    "that did, with how many reached it. intra / inter / intra/inter / center lag: see below."
 )
 
 
@@ -139,8 +138,8 @@ def report_markdown(runs, table, claim_set, results, figures, thresholds, comman
     if recomputed:
         parts += [
             f"Runs of an older format ({', '.join(recomputed)}) measured compactness against the learned centers; "
-            "their class-mean columns were recomputed for the last evaluation from features.pt and are missing "
-            "before it.",
+            "their class-mean columns were recomputed for the last evaluation from features.pt (the test "
+            "features it kept: all of them up to plot.max_points) and are missing before it.",
             "",
         ]
     parts += [TABLE_NOTE, "", table, "", *definitions_markdown(thresholds)]
@@ -358,7 +357,10 @@ def plot_feature_grid(runs: list, out: Path) -> str | None:
     for run in runs:
         if not (run.path / files.FEATURES).is_file():
             continue
-        data = torch.load(run.path / files.FEATURES, weights_only=True)
+        try:
+            data = torch.load(run.path / files.FEATURES, weights_only=True)
+        except Exception:  # damaged: no panel for this run, the rest of the report stands
+            continue
         acc = run.figures.get("final_test_acc", math.nan)
         title = f"{run.name}: epoch {data['epoch']}, test acc {acc:.3f}"
         panels.append((data["features"], data["labels"], data["centers"], title))

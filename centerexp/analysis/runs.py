@@ -122,7 +122,10 @@ def _recompute_class_means(run: Run) -> None:
 
     from centerexp.rundir.measures import compactness  # the trainer's own definition, not a copy
 
-    data = torch.load(run.path / files.FEATURES, weights_only=True)
+    try:
+        data = torch.load(run.path / files.FEATURES, weights_only=True)
+    except Exception:  # damaged: the columns stay missing, as for a run without the file
+        return
     centers = data.get("centers")
     values = compactness(data["features"].float(), data["labels"], None if centers is None else centers.float())
     for c in missing:

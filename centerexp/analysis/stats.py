@@ -42,7 +42,7 @@ def censored_median(values: list[float | None]) -> tuple[float, int, int]:
 
 @dataclass
 class TestResult:
-    """One comparison of group a (claimed faster) with group b on one metric."""
+    """One comparison of group a (claimed better) with group b on one metric."""
 
     verdict: str
     test: str  # "paired t" | "Welch t"

@@ -12,7 +12,7 @@ FLOP, so no training step can beat it, and it is the peak that matters here, not
 Everything is timed the same way: images over wall time of ``steps`` whole steps after
 ``warmup`` untimed ones, with the device synchronised. FLOP per image is counted by torch's
 FlopCounterMode. From the measured rates, bench estimates the seconds of a full epoch and the
-wall time of `make reproduce` for each profile on this machine.
+wall time of `centerexp reproduce` for each shipped experiment's profiles on this machine.
 """
 
 import json
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from centerexp.config import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, Config, ModelConfig, load_config
+from centerexp.config import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, Config, ModelConfig, load_config, train_images
 from centerexp.experiments.reproduce import EXPERIMENTS
 from centerexp.experiments.spec import load_experiment
 from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist
@@ -164,7 +164,7 @@ def reproduce_estimate(experiment, profile_name: str, rates: dict) -> float:
         cfg = load_config(arm.config, experiment.overrides(arm, profile))
         arch = rates[cfg.model.arch]
         r = max(arch.values(), key=lambda x: x["train"]) if profile.precision == "auto" else arch[profile.precision]
-        n_train = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
+        n_train = train_images(cfg.data.train_subset)
         n_test = cfg.data.test_subset or MNIST_TEST_IMAGES
         per_epoch = steps_per_epoch(n_train, cfg.train.batch_size)
         evals = math.ceil(per_epoch / cfg.train.eval_every) if cfg.train.eval_every else 1

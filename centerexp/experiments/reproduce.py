@@ -49,7 +49,7 @@ def profile_of(experiment: Experiment, name: str) -> Profile:
     return experiment.profiles[name]
 
 
-def decide_precision(experiment: Experiment, profile: Profile, run_dirs: list[Path], measure=None) -> str:
+def decide_precision(experiment: Experiment, profile: Profile, run_dirs: list[Path], extra=(), measure=None) -> str:
     """One precision for every run of the experiment, so that no claim compares arithmetic.
 
     Pinned by the profile, else kept from runs this plan already has (a rerun must not flip it),
@@ -64,7 +64,7 @@ def decide_precision(experiment: Experiment, profile: Profile, run_dirs: list[Pa
     from centerexp.training.runtime import resolve_device
 
     arm = experiment.arms[0]
-    cfg = load_config(arm.config, experiment.overrides(arm, profile))
+    cfg = load_config(arm.config, [*experiment.overrides(arm, profile), *extra])
     device = resolve_device(cfg.train.device)
     precision, _ = choose_precision(
         cfg, device, cfg.train.channels_last and cfg.model.arch != "linear", measure=measure
@@ -87,7 +87,7 @@ def plan(
         raise CenterexpError(f"--seeds must be >= 1, got {seeds}", exit_code=2)
     grid = [(seed, arm) for seed in range(seeds) for arm in experiment.arms]
     run_dirs = [Path(runs_dir) / f"{arm.name}_s{seed}" for seed, arm in grid]
-    precision = decide_precision(experiment, profile, run_dirs, measure)
+    precision = decide_precision(experiment, profile, run_dirs, extra, measure)
     command = f"centerexp reproduce {_shown(experiment.path)} --profile {profile.name}"
     specs = []
     for (seed, arm), run_dir in zip(grid, run_dirs):
@@ -122,6 +122,7 @@ def claim_set(experiment: Experiment) -> ClaimSet:
 
     return ClaimSet(
         experiment.name,
+        _shown(experiment.path),
         experiment.title,
         {a.name: a.label for a in experiment.arms},
         experiment.claims,
@@ -164,9 +165,10 @@ def reproduce(
     return result
 
 
-def experiment_of_runs(paths: list[Path], name_or_path: str | None = None) -> tuple[ClaimSet | None, tuple]:
+def experiment_of_runs(paths: list[Path], name_or_path: str | None = None, warn=print) -> tuple[ClaimSet | None, tuple]:
     """(the experiment's ClaimSet, its profile's thresholds) for compare: the one named, or the one
-    the runs' run.json names (when they all name the same); (None, ()) for runs of no experiment."""
+    the runs' run.json names (when they all name the same); (None, ()) for runs of no experiment,
+    or (with a warning) when the file their run.json names cannot be read any more."""
     from centerexp.rundir.folder import read_identity
 
     identities = [read_identity(p) for p in map(Path, paths) if is_run_dir(p)]
@@ -174,8 +176,13 @@ def experiment_of_runs(paths: list[Path], name_or_path: str | None = None) -> tu
         files_named = {i.get("experiment_file") for i in identities if i.get("experiment_file")}
         if len(files_named) != 1:
             return None, ()
-        name_or_path = files_named.pop()
-    experiment = load_experiment(find_experiment(name_or_path))
+        try:
+            experiment = load_experiment(find_experiment(files_named.pop()))
+        except CenterexpError as e:
+            warn(f"the runs' experiment cannot be read ({e}): comparing without its claims")
+            return None, ()
+    else:
+        experiment = load_experiment(find_experiment(name_or_path))
     profiles = {i.get("profile") for i in identities if i.get("experiment") == experiment.name}
     profile = experiment.profiles.get(profiles.pop()) if len(profiles) == 1 else None
     return claim_set(experiment), profile.thresholds if profile else ()

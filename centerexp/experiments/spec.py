@@ -9,6 +9,7 @@ docs/reference.md#experiment-file for the format, and configs/experiments/ for e
 
 import difflib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,17 +17,7 @@ from typing import Any
 from centerexp.analysis import DEFAULT_THRESHOLDS
 from centerexp.analysis.claims import DESIGNS, ClaimSpec
 from centerexp.analysis.metrics import METRICS
-from centerexp.config import (
-    CHOICES,
-    MNIST_TRAIN_IMAGES,
-    apply_overrides,
-    flat_get,
-    from_dict,
-    load_config,
-    load_yaml,
-    parse_override,
-    steps_per_epoch,
-)
+from centerexp.config import CHOICES, load_config, load_yaml, parse_override, steps_per_epoch, train_images
 from centerexp.errors import ConfigError
 
 PRECISIONS = ("auto", *[p for p in CHOICES["train.precision"] if p != "auto"])
@@ -97,14 +88,33 @@ def _text(value: Any, what: str, where: str) -> str:
     return value
 
 
+PLANNED_KEYS = ("train.seed", "train.precision")  # the plan sets these for every run: a file may not
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: expected a list of KEY=VALUE strings, got {value!r}")
     for v in value:
-        parse_override(v)  # KEY=VALUE shape; keys and values are checked when the configs load
+        try:
+            key, _ = parse_override(v)  # KEY=VALUE shape; keys and values are checked when the configs load
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if key in PLANNED_KEYS:
+            raise ConfigError(
+                f"{where}: {key} is set by the plan (seeds: the `seeds` key; precision: a profile's `precision`)"
+            )
     return tuple(value)
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")  # safe in a folder name
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ConfigError(f"{where}: expected a name of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
 
 
 def _seeds(value: Any, where: str) -> int:
@@ -131,7 +141,7 @@ def _arms(raw: Any, base: Path, where: str) -> list[ArmSpec]:
     for i, item in enumerate(raw):
         at = f"{where}[{i}]"
         item = _mapping(item, ARM_KEYS, at, required=("name", "config"))
-        name = _text(item["name"], "a name", f"{at}.name")
+        name = _name(item["name"], f"{at}.name")
         config = (base / _text(item["config"], "a config path", f"{at}.config")).resolve()
         if not config.is_file():
             raise ConfigError(f"{at}.config: config file not found: {config}")
@@ -140,14 +150,17 @@ def _arms(raw: Any, base: Path, where: str) -> list[ArmSpec]:
         if grid is None:
             arms.append(ArmSpec(name, str(item.get("label", name)), config, overrides))
             continue
-        if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        ok = isinstance(grid, dict) and grid and all(isinstance(k, str) for k in grid)
+        if not ok or not all(isinstance(v, list) and v for v in grid.values()):
             raise ConfigError(f"{at}.grid: expected a mapping KEY: [VALUE, ...], e.g. {{loss.lamda: [0, 1]}}")
+        if set(grid) & set(PLANNED_KEYS):
+            raise ConfigError(f"{at}.grid: {', '.join(set(grid) & set(PLANNED_KEYS))} is set by the plan")
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):  # one arm per combination, like a multirun
             suffix = "_".join(f"{k.split('.')[-1]}{_slug(v)}" for k, v in zip(keys, values))
             sets = tuple(f"{k}={v}" for k, v in zip(keys, values))
             label = f"{item.get('label', name)} " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
-            arms.append(ArmSpec(f"{name}_{suffix}", label, config, (*overrides, *sets)))
+            arms.append(ArmSpec(_name(f"{name}_{suffix}", f"{at}.grid"), label, config, (*overrides, *sets)))
     names = [a.name for a in arms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -162,6 +175,7 @@ def _profiles(raw: Any, seeds: int, thresholds, where: str) -> dict[str, Profile
     profiles = {}
     for name, body in raw.items():
         at = f"{where}.{name}"
+        name = _name(str(name), at)
         body = _mapping(body or {}, PROFILE_KEYS, at)
         precision = body.get("precision", "auto")
         if precision not in PRECISIONS:
@@ -196,11 +210,15 @@ def _claims(raw: Any, arms: list[ArmSpec], where: str) -> tuple[ClaimSpec, ...]:
         ids.add(cid)
         for key in ("better", "than"):
             if item[key] not in names:
-                raise _unknown(item[key], names, f"{at}.{key}: not an arm of this experiment:")
+                close = difflib.get_close_matches(str(item[key]), names, n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    f"{at}.{key}: {item[key]!r} is not an arm of this experiment{hint}; arms: {', '.join(names)}"
+                )
         if item["better"] == item["than"]:
             raise ConfigError(f"{at}: better and than must be two different arms")
         metric = item["metric"]
-        if metric not in METRICS:
+        if not isinstance(metric, str) or metric not in METRICS:
             raise _unknown(metric, list(METRICS), f"{at}.metric")
         params = []
         for p in ("at", "threshold"):
@@ -246,7 +264,10 @@ def load_experiment(path: str | Path) -> Experiment:
     claims = _claims(raw.get("claims"), arms, f"{where}: claims")
     for profile in profiles.values():  # every run this file can ask for is a valid config
         for arm in arms:
-            load_config(arm.config, [*profile.overrides, *arm.overrides])
+            try:
+                load_config(arm.config, [*profile.overrides, *arm.overrides])
+            except ConfigError as e:
+                raise ConfigError(f"{where}: profile {profile.name}, arm {arm.name}: {e}") from None
     experiment = Experiment(
         path, name, str(raw.get("title", name)), str(raw.get("description", "")).strip(), tuple(arms), profiles, claims
     )
@@ -258,13 +279,7 @@ def _with_recipe(experiment: Experiment) -> Experiment:
     if "full" not in experiment.profiles:
         return experiment
     arm = experiment.arm(experiment.claims[0].better) if experiment.claims else experiment.arms[0]
-    raw = apply_overrides(load_yaml(arm.config), [*experiment.overrides(arm, experiment.profiles["full"])])
-    cfg = from_dict(raw).to_dict()
-    n = min(flat_get(cfg, "data.train_subset") or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
-    batch = flat_get(cfg, "train.batch_size")
-    recipe = {
-        "steps": flat_get(cfg, "train.epochs") * steps_per_epoch(n, batch),
-        "batch_size": batch,
-        "lamda": flat_get(cfg, "loss.lamda"),
-    }
+    cfg = load_config(arm.config, experiment.overrides(arm, experiment.profiles["full"]))
+    steps = cfg.train.epochs * steps_per_epoch(train_images(cfg.data.train_subset), cfg.train.batch_size)
+    recipe = {"steps": steps, "batch_size": cfg.train.batch_size, "lamda": cfg.loss.lamda}
     return Experiment(**{**experiment.__dict__, "full_recipe": recipe})

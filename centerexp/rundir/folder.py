@@ -1,4 +1,4 @@
-"""The run folder: creating it safely, atomic writes, metrics.csv, summary.json, env.json.
+"""The run folder: creating it safely, its lock, its header (config, command, env.json), run.json.
 
 Layout of ``runs/NAME/``::
 
@@ -8,8 +8,8 @@ Layout of ``runs/NAME/``::
     run.json             experiment, arm and profile it belongs to (if any), fingerprint of its start
     metrics.csv          one row per evaluation (each epoch's end, every train.eval_every steps), flushed as it goes
     summary.json         status (running | completed | failed | interrupted), accuracies, timing
-    checkpoints/last.pt  everything needed to resume after the last finished epoch
-    features.pt          the last epoch's test features, labels and centers (for compare)
+    checkpoints/last.pt  everything needed to resume after the last evaluation
+    features.pt          the last evaluation's test features, labels and centers (for compare)
     plots/               loss_curves.png, features.png, features/epoch_NNN.png, features.gif
 """
 
@@ -36,9 +36,6 @@ class RunExists(CenterexpError):
     exit_code = 2
 
 
-LOCK_NAME = ".lock"
-
-
 class RunLock:
     """An advisory ``fcntl.flock`` on ``run_dir/.lock``, held for as long as a process trains the run.
 
@@ -47,7 +44,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = Path(run_dir) / files.LOCK
         self._fd: int | None = None
 
     def acquire(self, where: Path | None = None) -> "RunLock":
@@ -55,7 +52,7 @@ class RunLock:
         open file, and so the lock, move with it)."""
         import fcntl
 
-        path = Path(where) / LOCK_NAME if where else self.path
+        path = Path(where) / files.LOCK if where else self.path
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as e:
@@ -235,13 +232,19 @@ def write_identity(run_dir: Path, **fields: Any) -> None:
     write_json(Path(run_dir) / files.IDENTITY, {**read_identity(run_dir), **fields})
 
 
-def recorded_threads(run_dir: Path) -> int | None:
-    """The thread count the run last trained with (env.json, its latest resume first); None if unrecorded."""
+def recorded(run_dir: Path, key: str):
+    """What env.json says the run last trained with (its latest resume first), e.g. "threads" or
+    "precision"; None if unrecorded."""
     try:
         env = read_json(Path(run_dir) / files.ENV)
     except (OSError, ValueError):
         return None
     for entry in [*reversed(env.get("resumes", [])), env]:
-        if isinstance(entry.get("threads"), int) and entry["threads"] >= 1:
-            return entry["threads"]
+        if entry.get(key) not in (None, ""):
+            return entry[key]
     return None
+
+
+def recorded_threads(run_dir: Path) -> int | None:
+    value = recorded(run_dir, "threads")
+    return value if isinstance(value, int) and value >= 1 else None

@@ -18,7 +18,7 @@ from centerexp.rundir.schema import METRIC_COLUMNS, RUN_FORMAT
 
 
 def progress_from_metrics(run_dir: Path) -> dict:
-    """The summary's progress fields, derived from metrics.csv (the one record of finished epochs)."""
+    """The summary's progress fields, derived from metrics.csv (the one record of evaluations)."""
     path = Path(run_dir) / files.METRICS
     m = metrics_columns(path) if path.exists() else {}
     if not m.get("epoch"):
@@ -87,11 +87,11 @@ class RunSummary:
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics.csv: one row per finished epoch, columns from schema.METRICS
+# metrics.csv: one row per evaluation, columns from schema.METRICS
 
 
 class MetricsLog:
-    """metrics.csv, one row per finished epoch, flushed and fsynced as each row lands."""
+    """metrics.csv, one row per evaluation, flushed and fsynced as each row lands."""
 
     def __init__(self, path: Path):
         self.path = Path(path)

@@ -107,7 +107,7 @@ def _stop_local(running: dict) -> None:
         return
     for _, proc, _ in running.values():
         if proc.poll() is None:
-            proc.terminate()  # the trainer stops after the current step, keeping the last finished epoch
+            proc.terminate()  # the trainer stops after the current step, keeping its last checkpoint
     deadline = time.monotonic() + 60
     for _, proc, _ in running.values():
         try:

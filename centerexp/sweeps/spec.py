@@ -49,6 +49,11 @@ def adopt(spec: RunSpec) -> None:
     if not (spec.identity and is_run_dir(spec.run_dir)):
         return
     current = read_identity(spec.run_dir)
+    theirs, ours = current.get("experiment"), spec.identity.get("experiment")
+    if theirs and ours and theirs != ours:
+        raise CenterexpError(
+            f"{spec.run_dir} belongs to experiment {theirs!r}, not {ours!r}: use another --runs-dir", exit_code=2
+        )
     if any(current.get(k) != v for k, v in spec.identity.items()):
         write_identity(spec.run_dir, **spec.identity)
     if "fingerprint" not in current:
@@ -105,7 +110,8 @@ def train_sequentially(specs: list[RunSpec], progress=None, echo=print) -> list[
             problems.append((spec, status.BUSY, str(e)))
         except Interrupted:
             raise  # Ctrl-C / SIGTERM stops the sweep, not just this run
-        except CenterexpError as e:
-            echo(f"{spec.run_dir}: failed, {e}")
-            problems.append((spec, status.FAILED, str(e)))
+        except Exception as e:  # as a worker process's would: this run failed, the others go on
+            message = str(e) if isinstance(e, CenterexpError) else f"{type(e).__name__}: {e}"
+            echo(f"{spec.run_dir}: failed, {message}")
+            problems.append((spec, status.FAILED, message))
     return problems

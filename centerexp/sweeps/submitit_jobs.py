@@ -4,11 +4,11 @@
                   this machine, without a cluster.
   slurm           all runs as one Slurm job array through submitit (``--jobs N``: at most N at once).
                   Timeouts and preemption (submitit's USR2 hook) requeue the job with the same spec,
-                  which resumes the run from its last finished epoch.
+                  which resumes the run from its last checkpoint.
 
 submitit pickles ``TrainJob`` by reference, so it must stay importable from this module. A Slurm job's
 state comes from squeue, or from sacct once squeue has dropped it. The bookkeeping (``Sweep``,
-``Outcome``, launcher.json) is launch.py's.
+``Outcome``, launcher.json) is jobs.py's.
 """
 
 import logging

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from centerexp.config import MNIST_TRAIN_IMAGES, Config, diff_configs, steps_per_epoch
+from centerexp.config import Config, diff_configs, steps_per_epoch, train_images
 from centerexp.errors import CenterexpError
 from centerexp.training.runtime import rng_state, set_rng_state
 
@@ -103,8 +103,7 @@ def resume_point(parts, cfg: Config, ckpt_path: Path, allow_config_change: bool)
         device = next(parts.model.parameters()).device
         pos.perm, pos.next_batch = inside["perm"].to(device), inside["next_batch"]
     if "step" not in ckpt:  # written before eval_every: whole epochs of a fixed number of steps
-        n = min(cfg.data.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
-        pos.step = ckpt["epoch"] * steps_per_epoch(n, cfg.train.batch_size)
+        pos.step = ckpt["epoch"] * steps_per_epoch(train_images(cfg.data.train_subset), cfg.train.batch_size)
     return pos, ckpt["wall_seconds"]
 
 

@@ -28,19 +28,25 @@ class Runtime:
     precision_choice: dict = field(default_factory=dict, compare=False)  # how "auto" decided, for env.json
 
     @classmethod
-    def from_config(cls, cfg: Config, *, threads: int | None = None, measure=None) -> "Runtime":
+    def from_config(
+        cls, cfg: Config, *, threads: int | None = None, precision: str | None = None, measure=None
+    ) -> "Runtime":
         """Resolve "auto" settings and apply the process-wide ones (threads, determinism).
 
-        ``threads``: the intra-op thread count, ahead of ``train.threads`` and torch's default (a
-        resumed run passes the count it was trained with: reductions round differently with
-        another). ``measure`` replaces the precision measurement (tests inject one); see precision.py.
+        ``threads``: the intra-op thread count, ahead of ``train.threads`` and torch's default;
+        ``precision``: what ``auto`` resolved to when the run started. A resumed run passes both, as
+        it was trained with them (its bits depend on them). ``measure`` replaces the precision
+        measurement (tests inject one); see precision.py.
         """
         device = resolve_device(cfg.train.device)
         threads = threads or cfg.train.threads or DEFAULT_THREADS
         torch.set_num_threads(threads)
         configure_determinism(cfg.train.deterministic, device)
         channels_last = cfg.train.channels_last and cfg.model.arch != "linear"
-        precision, choice = choose_precision(cfg, device, channels_last, measure=measure)
+        if precision and cfg.train.precision == "auto":
+            choice = {"mode": "auto, resolved when the run started (env.json)", "chosen": precision}
+        else:
+            precision, choice = choose_precision(cfg, device, channels_last, measure=measure)
         return cls(device, precision, channels_last, threads, cfg.train.deterministic, choice)
 
     def autocast(self):

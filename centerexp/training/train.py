@@ -30,6 +30,7 @@ from centerexp.rundir.folder import (
     RunLock,
     create_run_dir,
     is_run_dir,
+    recorded,
     recorded_threads,
     remove_stale_temp_files,
     write_identity,
@@ -258,12 +259,13 @@ def train(
     progress: bool | None = None,
     lock: RunLock | None = None,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
 
     Holds the run folder's lock throughout (RunBusy if another process trains it); ``lock``: one
-    this process already holds (taken when the folder was created). ``threads``: see
-    Runtime.from_config. Returns the
+    this process already holds (taken when the folder was created). ``threads``, ``precision``:
+    see Runtime.from_config. Returns the
     final summary; raises CenterexpError, with the run marked failed or interrupted in
     summary.json, when the run cannot finish.
     """
@@ -271,7 +273,7 @@ def train(
     held = lock or RunLock(run_dir).acquire()
     try:
         remove_stale_temp_files(run_dir)  # left by a process killed mid-write
-        return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress, threads)
+        return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress, threads, precision)
     finally:
         held.release()
 
@@ -289,9 +291,11 @@ def fingerprint_of(cfg: Config) -> dict:
     return fingerprint(parts, train_set)
 
 
-def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads):
+def _train_locked(
+    cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads, precision
+):
     progress = sys.stderr.isatty() if progress is None else progress
-    rt = Runtime.from_config(cfg, threads=threads)
+    rt = Runtime.from_config(cfg, threads=threads, precision=precision)
     parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last)
     ckpt_path = run_dir / files.CHECKPOINT
     pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
@@ -400,11 +404,11 @@ def resume_run(
     progress: bool | None = None,
     threads: int | None = None,
 ) -> tuple[Path, dict]:
-    """Continue a run from its last complete epoch, with its own config.yaml (plus overrides).
+    """Continue a run from its last checkpoint, with its own config.yaml (plus overrides).
 
-    It trains on with the thread count it last trained with (env.json), so that it continues bit
-    for bit on the same machine; ``threads`` (or ``train.threads`` in its config) chooses another,
-    which env.json's history then records.
+    It trains on with the thread count and the precision (when ``auto``) it last trained with
+    (env.json), so that it continues bit for bit on the same machine. ``threads``, or a
+    ``train.threads`` among ``overrides``, chooses another count, which env.json's history records.
     """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
@@ -413,7 +417,8 @@ def resume_run(
     resolve_device(cfg.train.device)
     (run_dir / files.CHECKPOINT).parent.mkdir(exist_ok=True)
     (run_dir / files.FEATURE_FRAMES).mkdir(parents=True, exist_ok=True)
-    threads = threads or cfg.train.threads or recorded_threads(run_dir)
+    told = any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides)
+    threads = threads or (cfg.train.threads if told else None) or recorded_threads(run_dir) or cfg.train.threads
     summary = train(
         cfg,
         run_dir,
@@ -422,5 +427,6 @@ def resume_run(
         command=command,
         progress=progress,
         threads=threads,
+        precision=recorded(run_dir, "precision"),
     )
     return run_dir, summary
