@@ -251,3 +251,12 @@ def test_thresholds_are_explained_by_the_accuracy_scale():
     assert report.threshold_rationale([0.325, 0.55]) == (
         "0.325 = chance + 25% of the way from chance to 1; 0.55 = chance + 50% of the way from chance to 1"
     )
+
+
+def test_a_completed_run_without_the_metric_is_left_out_and_said_so():
+    made = arms({0: 0.62, 1: 0.55, 2: 0.70, 3: 0.6}, {0: 0.58, 1: 0.50, 2: 0.67, 3: 0.5})
+    made["a"].runs[3].figures = {"acc_auc": math.nan}  # completed, but its format lacks the metric
+    cr = claims.judge(CLAIM, made)
+    assert cr.result.n_a == 3 and cr.result.failed_a == 0
+    assert any("seed(s) 3 completed without a value of acc_auc" in n for n in cr.result.notes)
+    assert not any("not finished" in n for n in cr.result.notes)

@@ -68,6 +68,7 @@ class Arm:
     runs: dict[int, Run] = field(default_factory=dict)
     values: dict[int, float | None] = field(default_factory=dict)  # NaN: failed; None: not finished
     failures: dict[int, str] = field(default_factory=dict)  # seed -> error of a failed run
+    no_value: set[int] = field(default_factory=set)  # completed runs without this metric (an older format)
 
 
 def arms_from_runs(runs: list[Run], arm_of: Callable[[Run], str | None], labels: dict[str, str], warn) -> dict:
@@ -86,7 +87,7 @@ def arms_from_runs(runs: list[Run], arm_of: Callable[[Run], str | None], labels:
 
 
 def _values(arm: Arm, claim: ClaimSpec) -> Arm:
-    arm.values, arm.failures = {}, {}
+    arm.values, arm.failures, arm.no_value = {}, {}, set()
     for seed, run in arm.runs.items():
         if run.outcome == status.FAILED:
             arm.values[seed] = math.nan
@@ -94,6 +95,8 @@ def _values(arm: Arm, claim: ClaimSpec) -> Arm:
         elif run.outcome == status.COMPLETED:
             value = claim_value(claim.metric, run, dict(claim.params))
             arm.values[seed] = value if finite(value) else None
+            if not finite(value):
+                arm.no_value.add(seed)
         else:
             arm.values[seed] = None
     return arm
@@ -184,10 +187,15 @@ def judge(claim: ClaimSpec, arms: dict[str, Arm]) -> ClaimResult:
         result.verdict = NOT_COMPARABLE
         result.notes.insert(0, mismatch)
     for arm in (a, b):
-        unfinished = sorted(s for s, v in arm.values.items() if v is None)
+        unfinished = sorted(s for s, v in arm.values.items() if v is None and s not in arm.no_value)
         if unfinished:
             result.notes.append(
                 f"{arm.label}: seed(s) {', '.join(map(str, unfinished))} not finished (running or interrupted): "
                 "left out, not counted as failed."
+            )
+        if arm.no_value:
+            result.notes.append(
+                f"{arm.label}: seed(s) {', '.join(map(str, sorted(arm.no_value)))} completed without a value of "
+                f"{claim.metric_text()} (a run format that does not record it): left out."
             )
     return ClaimResult(claim, result, a, b, design)

@@ -278,6 +278,8 @@ def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
     paired = cr.design_used == "paired"
 
     def cell(arm: Arm, s: int) -> str:
+        if s in arm.no_value:
+            return "no value"
         if s not in arm.values or arm.values[s] is None:
             return "not finished"
         v = arm.values[s]
