@@ -25,6 +25,7 @@ from centerexp.analysis.runs import Run, load_runs, run_figures
 from centerexp.analysis.stats import finite
 from centerexp.config import RUNTIME_ONLY_KEYS
 from centerexp.errors import CenterexpError
+from centerexp.rundir import status
 from centerexp.rundir.io import atomic_write_text
 from centerexp.rundir.schema import BY_NAME, TABLE_COLUMNS
 
@@ -58,11 +59,11 @@ class Group:
 
     @property
     def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.outcome == "completed"]
+        return [r for r in self.runs if r.outcome == status.COMPLETED]
 
     @property
     def others(self) -> list[Run]:
-        return [r for r in self.runs if r.outcome != "completed"]
+        return [r for r in self.runs if r.outcome != status.COMPLETED]
 
     arm_label: str | None = None  # the experiment arm these runs are, when compare knows it
 
@@ -165,14 +166,14 @@ def table_rows(groups: list[Group], keys: list[str], thresholds) -> tuple[list[s
         if g.completed:
             first = g.completed[0]
             rows.append(
-                [g.label, str(g.n), "completed", *[str(first.config.get(k)) for k in keys]]
+                [g.label, str(g.n), status.COMPLETED, *[str(first.config.get(k)) for k in keys]]
                 + _row_values(g.completed, thresholds)
             )
         for run in g.others:
             epochs = f"{run.figures.get('epochs_done', 0):g}/{run.config.get('train.epochs')} epochs"
-            status = f"{run.status} ({epochs})" if run.status != "completed" else "completed, non-finite values"
+            state = f"{run.status} ({epochs})" if run.status != status.COMPLETED else "completed, non-finite values"
             rows.append(
-                [f"{run.name} [{'failed' if run.outcome == 'failed' else run.status}]", "1", status]
+                [f"{run.name} [{status.FAILED if run.outcome == status.FAILED else run.status}]", "1", state]
                 + [str(run.config.get(k)) for k in keys]
                 + _row_values([run], thresholds)
             )

@@ -14,7 +14,7 @@ from centerexp.analysis.curves import CHANCE
 from centerexp.analysis.metrics import METRICS
 from centerexp.analysis.runs import FRACTIONS
 from centerexp.analysis.stats import CONFIDENCE, MIN_RUNS, censored_median, finite
-from centerexp.rundir import files
+from centerexp.rundir import files, status
 from centerexp.rundir.io import read_json
 from centerexp.rundir.schema import MISSING, format_value
 
@@ -303,7 +303,7 @@ def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
 
 def _secondaries(a: Arm, b: Arm, thresholds) -> list[str]:
     def vals(arm: Arm, key: str) -> list:
-        return [run.figures.get(key) for run in arm.runs.values() if run.outcome == "completed"]
+        return [run.figures.get(key) for run in arm.runs.values() if run.outcome == status.COMPLETED]
 
     lines = [f"| secondary (no verdict) | {a.label} | {b.label} |", "|---|---|---|"]
     for key, name in (("test_ce", "test cross-entropy"), ("compactness", "compactness (intra/inter)")):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from centerexp.errors import CenterexpError
-from centerexp.rundir import files
+from centerexp.rundir import files, status
 from centerexp.rundir.io import _write_error, atomic_write_text, now, read_json, write_json
 from centerexp.rundir.schema import METRIC_COLUMNS, RUN_FORMAT
 
@@ -55,27 +55,29 @@ class RunSummary:
     @staticmethod
     def initial() -> str:
         """The summary a new run folder is created with."""
-        return json.dumps({"started": now(), "status": "running", "epochs_done": 0, "run_format": RUN_FORMAT}) + "\n"
+        return (
+            json.dumps({"started": now(), "status": status.RUNNING, "epochs_done": 0, "run_format": RUN_FORMAT}) + "\n"
+        )
 
     def begin(self, **fields: Any) -> None:
         self.data.setdefault("started", now())
         self.data.pop("diverged", None)
         self.data.update(fields, run_format=RUN_FORMAT, **progress_from_metrics(self.run_dir))
-        self._save("running")
+        self._save(status.RUNNING)
 
     def epoch_finished(self) -> None:
         self.data.update(progress_from_metrics(self.run_dir))
-        self._save("running")
+        self._save(status.RUNNING)
 
     def completed(self) -> None:
-        self._save("completed")
+        self._save(status.COMPLETED)
 
     def failed(self, error: str, **fields: Any) -> None:
         self.data.update(fields)  # e.g. diverged=True
-        self._save_quietly("failed", error)
+        self._save_quietly(status.FAILED, error)
 
     def interrupted(self, error: str) -> None:
-        self._save_quietly("interrupted", error)
+        self._save_quietly(status.INTERRUPTED, error)
 
     def _save(self, status: str, error: str | None = None) -> None:
         self.data.update(status=status, error=error, updated=now())
