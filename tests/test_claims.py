@@ -260,3 +260,14 @@ def test_a_completed_run_without_the_metric_is_left_out_and_said_so():
     assert cr.result.n_a == 3 and cr.result.failed_a == 0
     assert any("seed(s) 3 completed without a value of acc_auc" in n for n in cr.result.notes)
     assert not any("not finished" in n for n in cr.result.notes)
+
+
+def test_two_claims_on_the_same_arms_keep_their_own_values():
+    made = arms({0: 0.62, 1: 0.55, 2: 0.70}, {0: 0.58, 1: 0.50, 2: 0.67})
+    for arm in made.values():
+        for r in arm.runs.values():
+            r.figures["final_test_ce"] = 1.0 + r.figures["acc_auc"]
+    auc = claims.judge(CLAIM, made)
+    ce = claims.judge(ClaimSpec("2", "a lower ce", "a", "b", "final_test_ce", "paired"), made)
+    assert auc.a.values == {0: 0.62, 1: 0.55, 2: 0.70}  # not overwritten by the second claim
+    assert ce.a.values == {0: 1.62, 1: 1.55, 2: 1.70}

@@ -19,7 +19,7 @@ not judged: its verdict is ``not comparable``.
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from centerexp.analysis.metrics import METRICS, claim_value
 from centerexp.analysis.runs import Run
@@ -163,7 +163,8 @@ def _comparable(a: Arm, b: Arm) -> str | None:
 
 def judge(claim: ClaimSpec, arms: dict[str, Arm]) -> ClaimResult:
     """The claim's test on its metric for its two arms."""
-    a, b = _values(arms[claim.better], claim), _values(arms[claim.than], claim)
+    # each claim gets its own copy of the arms: two claims on one arm must not share their values
+    a, b = _values(replace(arms[claim.better]), claim), _values(replace(arms[claim.than]), claim)
     seeds = sorted(set(a.values) | set(b.values))
     design, note = "welch", None
     if claim.design == "paired":
