@@ -141,7 +141,9 @@ def test_kill_at_22_random_moments_then_resume_matches_uninterrupted_run(tmp_pat
         check_recovers(linear_config, runs, reference)  # finished or killed, the result is the same run
     assert len(outcomes) == 22, outcomes
     rows = [int(o.split("with ")[1].split()[0]) for o in outcomes]  # -1: killed before the folder existed
-    assert min(rows) <= 0 and any(0 < r < 3 for r in rows) and max(rows) == 3, outcomes  # early, mid and late
+    # The kills are spread over the run's life (which phase a delay hits depends on the machine's
+    # load, so no phase is required here: the named moments below hit each one deterministically).
+    assert len(set(rows)) >= 2, outcomes
 
 
 def _named(path: str):
