@@ -22,17 +22,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest workers: the suite is mostly single-threaded Python and matplotlib (4.5 min on 2 cores, 7.7 with one).
+PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 # The determinism, resume, fault, launch and parity tests (with a real-MNIST conv run among them)
 # again under other code paths of this CPU, so that a CPU the suite has never met cannot fail it:
 # oneDNN without AMX/AVX-512, ATen's scalar path, one thread. About 10 minutes on 2 cores.
 PORTABLE_TESTS := tests/test_reliability.py tests/test_faults.py tests/test_launch.py tests/test_reproduce.py tests/test_runtime.py
 test-portable: install
-	ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
-	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PORTABLE_TESTS)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PORTABLE_TESTS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PORTABLE_TESTS)
 
 # How far a real conv run's numbers move with the thread count and the CPU code path (prints tables).
 drift: install
