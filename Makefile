@@ -29,7 +29,7 @@ test: install
 
 # The determinism, resume, fault, launch and parity tests (with a real-MNIST conv run among them)
 # again under other code paths of this CPU, so that a CPU the suite has never met cannot fail it:
-# oneDNN without AMX/AVX-512, ATen's scalar path, one thread. About 10 minutes on 2 cores.
+# oneDNN without AMX/AVX-512, ATen's scalar path, one thread. About 14 minutes on 2 cores.
 PORTABLE_TESTS := tests/test_reliability.py tests/test_faults.py tests/test_launch.py tests/test_reproduce.py tests/test_runtime.py
 test-portable: install
 	ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PORTABLE_TESTS)
