@@ -104,9 +104,25 @@ def plot_features(panels: list[tuple], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
+TRAIN_SAMPLE_OFFSET = 7919  # any fixed number: a sample stream apart from the shuffle's
+
+
 def _sample(n: int, k: int, seed: int) -> torch.Tensor:
     """A fixed, seeded choice of k of n indices: the same images in every epoch's plot."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(k, n)]
+
+
+def train_points(cfg, train_split, tr: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training features (and labels) to draw: a fixed sample of the split's images, those of
+    them that the steps since the last evaluation saw (they arrive in shuffled order)."""
+    order = tr["order"].cpu()
+    position = torch.full((len(train_split),), -1, dtype=torch.long)
+    position[order] = torch.arange(len(order))
+    # Not train.seed itself: the shuffle generator starts from it too, and would pick exactly the first
+    # images of epoch 1's order, none of which a later stretch of that epoch sees (train.eval_every).
+    chosen = position[_sample(len(train_split), cfg.plot.max_points, cfg.train.seed + TRAIN_SAMPLE_OFFSET)]
+    chosen = chosen[chosen >= 0]
+    return tr["features"].cpu()[chosen], train_split.labels.cpu()[order[chosen]]
 
 
 def write_epoch_plots(
@@ -121,13 +137,7 @@ def write_epoch_plots(
     run_dir = Path(run_dir)
     name = run_dir.name
     plot_loss_curves(metrics_columns(run_dir / files.METRICS), run_dir / files.LOSS_CURVES, name)
-    # Training features arrive in shuffled order: find where the chosen images sit this epoch.
-    order = tr["order"].cpu()
-    position = torch.full((len(train_split),), -1, dtype=torch.long)
-    position[order] = torch.arange(len(order))
-    chosen = position[_sample(len(train_split), cfg.plot.max_points, cfg.train.seed)]
-    chosen = chosen[chosen >= 0]
-    train_f, train_y = tr["features"].cpu()[chosen], train_split.labels.cpu()[order[chosen]]
+    train_f, train_y = train_points(cfg, train_split, tr)
     test_idx = _sample(len(te["labels"]), cfg.plot.max_points, cfg.train.seed)
     test_f, test_y = te["features"].cpu()[test_idx], te["labels"].cpu()[test_idx]
     centers = None if centers is None else centers.detach().float().cpu()

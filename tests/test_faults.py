@@ -326,3 +326,22 @@ def test_kill_inside_an_epoch_with_eval_every_then_resume(tmp_path, every_3, mom
     status = in_child(victim)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{moment}: the kill point was not hit"
     assert check_recovers(config, tmp_path, reference) == []
+
+
+def test_the_train_scatter_of_a_stretch_inside_epoch_1_is_not_empty(every_3):
+    """The plotted sample must not coincide with the first images of epoch 1's order (both streams
+    start from train.seed): a stretch from step 3 on would then show no training feature at all."""
+    import torch
+
+    from centerexp.config import load_config
+    from centerexp.plots import train_points
+    from centerexp.training.train import starting_point, train_steps
+    from centerexp.training.runtime import Runtime
+
+    cfg = load_config(every_3[0], ["plot.max_points=100", "data.train_subset=2048"])
+    rt = Runtime.from_config(cfg)
+    parts, train_set, _ = starting_point(cfg, rt.device, rt.channels_last)
+    perm = torch.randperm(len(train_set), generator=parts.shuffle)
+    later = list(range(512, 2048, 64))  # epoch 1 from its ninth batch on
+    features, labels = train_points(cfg, train_set, train_steps(parts, train_set, cfg, rt, perm, later, 1))
+    assert len(features) == len(labels) > 50  # ~75 of the 100 sampled images are in these 1,536
