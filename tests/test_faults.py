@@ -335,8 +335,8 @@ def test_the_train_scatter_of_a_stretch_inside_epoch_1_is_not_empty(every_3):
 
     from centerexp.config import load_config
     from centerexp.plots import train_points
-    from centerexp.training.train import starting_point, train_steps
     from centerexp.training.runtime import Runtime
+    from centerexp.training.train import starting_point, train_steps
 
     cfg = load_config(every_3[0], ["plot.max_points=100", "data.train_subset=2048"])
     rt = Runtime.from_config(cfg)
