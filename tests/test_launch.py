@@ -254,3 +254,14 @@ def test_submitit_local_gets_one_gpu_per_job_round_robin():
     assert submit.local_gpu(["2", "3"], [3, 2, 3], None) == {"gpus_per_node": 1, "visible_gpus": (2,)}
     assert submit.local_gpu(["0", "1"], [], 2) == {"gpus_per_node": 2, "visible_gpus": (0, 1)}
     assert submit.local_gpu(["0"], [], 0) == {"gpus_per_node": 0}
+
+
+def test_planned_threads_follow_the_trainers_order(tmp_path):
+    fresh = RunSpec(Path("c.yaml"), ("a=1",), tmp_path / "new", "new", "")
+    assert jobs.planned_threads(fresh, 2) == 2  # a new run: its share of the CPUs
+    (tmp_path / "old").mkdir()
+    write_json(tmp_path / "old" / "env.json", {"threads": 1, "resumes": [{"threads": 4}]})
+    resumed = RunSpec(Path("c.yaml"), (), tmp_path / "old", status.INTERRUPTED, "")
+    assert jobs.planned_threads(resumed, 2) == 4  # its own latest count
+    told = RunSpec(Path("c.yaml"), ("train.threads=3",), tmp_path / "old", status.INTERRUPTED, "")
+    assert jobs.planned_threads(told, 2) == 3  # what the sweep sets

@@ -212,6 +212,10 @@ def cuda_devices() -> list[str]:
 
 
 def planned_threads(spec: RunSpec, share: int) -> int:
-    """Threads the run will train with: its own recorded count when it resumes (bit-exact on this
-    machine), else ``share`` (its 1/N of the CPUs). launcher.json records it; env.json what was used."""
+    """Threads the run will train with, in the trainer's order: a ``train.threads`` the sweep sets,
+    else its own recorded count when it resumes (bit-exact on this machine), else ``share`` (its
+    1/N of the CPUs). launcher.json records it; env.json what was used."""
+    told = [o.split("=", 1)[1] for o in spec.overrides if o.split("=", 1)[0].strip() == "train.threads"]
+    if told and told[-1].strip().isdigit():
+        return int(told[-1])
     return recorded_threads(spec.run_dir) or share
