@@ -265,3 +265,17 @@ def test_planned_threads_follow_the_trainers_order(tmp_path):
     assert jobs.planned_threads(resumed, 2) == 4  # its own latest count
     told = RunSpec(Path("c.yaml"), ("train.threads=3",), tmp_path / "old", status.INTERRUPTED, "")
     assert jobs.planned_threads(told, 2) == 3  # what the sweep sets
+
+
+def test_a_trainer_never_removes_the_launchers_temp_file(tmp_path):
+    """A resuming trainer removes stale temp files of its own writes; the launcher writes launcher.json
+    from another process at any moment, and its temp file must survive (a race seen once in CI)."""
+    from centerexp.rundir.folder import remove_stale_temp_files
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".summary.json.abc.tmp").write_text("{")
+    (tmp_path / "checkpoints" / ".last.pt.abc.tmp").write_text("x")
+    (tmp_path / ".launcher.json.abc.tmp").write_text("{")
+    removed = {p.name for p in remove_stale_temp_files(tmp_path)}
+    assert removed == {".summary.json.abc.tmp", ".last.pt.abc.tmp"}
+    assert (tmp_path / ".launcher.json.abc.tmp").exists()

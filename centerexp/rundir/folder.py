@@ -190,9 +190,13 @@ def _remove_tree(path: Path) -> None:
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the temp files of atomic writes that a killed process left behind (call with the lock held)."""
+    """Delete the temp files of atomic writes that a killed trainer left behind (call with the lock held).
+
+    launcher.json's are not the trainer's: the launcher writes it from another process, without the
+    lock, possibly at this very moment (removing its temp file would fail that write)."""
     folders = (run_dir, (run_dir / files.CHECKPOINT).parent, run_dir / files.PLOTS, run_dir / files.FEATURE_FRAMES)
-    stale = [p for folder in folders for p in folder.glob(".*.tmp")]
+    theirs = f".{files.LAUNCHER}."
+    stale = [p for folder in folders for p in folder.glob(".*.tmp") if not p.name.startswith(theirs)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

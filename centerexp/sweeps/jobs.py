@@ -158,10 +158,12 @@ class Sweep:
 
     def _write(self, name: str) -> None:
         run_dir = self.specs[name].run_dir
-        if run_dir.is_dir():
+        try:
+            if not run_dir.is_dir():
+                raise FileNotFoundError  # the job has not created it yet
             write_json(run_dir / files.LAUNCHER, self.records[name])
             self.unwritten.discard(name)
-        else:
+        except (OSError, CenterexpError):  # bookkeeping: try again at the next state change, never stop the sweep
             self.unwritten.add(name)
 
     def _show_counts(self, refresh: bool = True) -> None:
