@@ -55,6 +55,12 @@ def assert_same_runs(runs: Path, reference: Path, names=NAMES) -> None:
         assert got == want and len(got) == 1, name
 
 
+def sweep(runs: Path, launcher: str, out: list, **options) -> dict:
+    """The tiny V1 quick sweep through ``launcher`` with 2 jobs, its lines collected in ``out``."""
+    options = {"jobs": 2, "poll_s": 0.2, **options}
+    return reproduce("v1", "quick", 1, runs, False, TINY, echo=out.append, launcher=LaunchOptions(launcher, **options))
+
+
 def break_run(source: Path, target: Path) -> None:
     """A copy of a finished run that cannot be resumed: its checkpoint is damaged."""
     shutil.copytree(source, target)
@@ -65,9 +71,7 @@ def break_run(source: Path, target: Path) -> None:
 
 def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
     out = []
-    reproduce(
-        "v1", "quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2, poll_s=0.2)
-    )
+    sweep(tmp_path, "local", out)
     assert_same_runs(tmp_path, sequential)
     assert (tmp_path / "report.md").is_file()
     for name in NAMES:
@@ -83,7 +87,7 @@ def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
     assert {read_json(tmp_path / name / "launcher.json")["threads"] for name in NAMES} == threads
 
     out.clear()  # a second call finds everything done and starts no process
-    reproduce("v1", "quick", 1, tmp_path, False, TINY, echo=out.append, launcher=LaunchOptions("local", jobs=2))
+    sweep(tmp_path, "local", out, poll_s=None)
     assert sum("already completed, kept" in line for line in out) == 3
 
 
@@ -98,16 +102,7 @@ def test_local_failure_is_reported_with_its_log_and_a_busy_run_is_skipped(tmp_pa
     before = (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes()
     out = []
     with RunLock(tmp_path / "v1_2_s0"), pytest.raises(CenterexpError) as e:
-        reproduce(
-            "v1",
-            "quick",
-            1,
-            tmp_path,
-            False,
-            TINY,
-            echo=out.append,
-            launcher=LaunchOptions("local", jobs=2, poll_s=0.2),
-        )
+        sweep(tmp_path, "local", out)
     message = str(e.value)
     assert "2 of 3 runs did not finish" in message
     log = tmp_path / "logs" / "v1_1_s0.log"
@@ -125,16 +120,7 @@ def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, 
     break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
     out = []
     with pytest.raises(CenterexpError, match="1 of 3 runs did not finish") as e:
-        reproduce(
-            "v1",
-            "quick",
-            1,
-            tmp_path,
-            False,
-            TINY,
-            echo=out.append,
-            launcher=LaunchOptions("submitit-local", jobs=2, poll_s=0.2),
-        )
+        sweep(tmp_path, "submitit-local", out)
     assert_same_runs(tmp_path, sequential, ["v1_0_s0", "v1_2_s0"])
     record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
     assert record["launcher"] == "submitit-local" and record["state"] == "failed"
