@@ -11,7 +11,7 @@ PROFILE ?= full
 SEEDS ?=
 RUNS ?= runs
 
-.PHONY: install test test-portable drift test-slurm lint format reproduce bench parity clean
+.PHONY: install install-browser test test-browser screenshot test-portable drift test-slurm lint format reproduce bench parity clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ install: $(STAMP)
 PYTEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+
+# Debian's Chromium for the real-browser test of `centerexp board` (tests/test_browser.py; make test
+# skips that file on a machine without it).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+test-browser: install
+	CENTEREXP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/test_browser.py
+
+# docs/board.png, the README's picture of `centerexp board runs/reference/quick`, taken by the browser test.
+screenshot: install
+	CENTEREXP_REQUIRE_BROWSER=1 CENTEREXP_SCREENSHOT=docs/board.png $(BIN)/python -m pytest -q tests/test_browser.py
 
 # The determinism, resume, fault, launch and parity tests (with a real-MNIST conv run among them)
 # again under other code paths of this CPU, so that a CPU the suite has never met cannot fail it:

@@ -292,6 +292,23 @@ def bench(
     run_bench(tuple(arch), steps, warmup, device, profile, typer.echo, json_out)
 
 
+@app.command()
+@guarded
+def board(
+    paths: Optional[List[Path]] = typer.Argument(
+        None, help="Run folders, or folders with run folders beneath them.", show_default="runs"
+    ),
+    port: int = typer.Option(6006, "--port", help="Port on 127.0.0.1."),
+):
+    """TensorBoard over runs (scalars, hparams, feature images, projector), on 127.0.0.1; Ctrl-C stops it.
+    A run without tb/ gets it written first from its own files."""
+    from centerexp.board import board as serve_board
+
+    if not 1 <= port <= 65535:
+        raise CenterexpError(f"--port must be in 1..65535, got {port}", 2)
+    serve_board(paths or [Path("runs")], port, typer.echo)
+
+
 def main():
     app()
 

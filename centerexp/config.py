@@ -69,6 +69,7 @@ class TrainConfig:
 class PlotConfig:
     max_points: int = 5000  # points per feature scatter (a seeded sample of the split)
     gif: bool = True  # assemble the per-epoch feature plots into plots/features.gif at the end
+    tensorboard: bool = True  # TensorBoard event files in RUN/tb/ (scalars, hparams, figures, projector)
 
 
 @dataclass

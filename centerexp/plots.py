@@ -1,6 +1,12 @@
-"""Figures: loss/accuracy curves and the classic 2-D feature scatter with the centers marked."""
+"""Figures: loss/accuracy curves and the classic 2-D feature scatter with the centers marked.
+
+Features wider than 2-D are drawn on their top two principal components (Projection): the axes say
+so ("PC1 (xx % of variance)"), and a run's GIF frames share one basis so that they are comparable.
+"""
 
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -62,15 +68,61 @@ def plot_loss_curves(metrics: dict[str, list[float]], path: Path, title: str = "
     save_figure(fig, path)
 
 
-def scatter_features(ax, features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor | None, title: str):
-    """One panel: points coloured by digit, centers as black-edged stars."""
-    f = features.detach().float().cpu()
+@dataclass(frozen=True)
+class Projection:
+    """How features of any width become a scatter's two axes.
+
+    2-D features are drawn as they are. Wider ones are projected on the top two principal
+    components of the sample the projection was fitted on (an exact SVD: the samples are a few
+    thousand points), centered on its mean; 1-D features get a flat second axis. Distances and
+    compactness metrics are never computed on the projection, only drawn with it.
+    """
+
+    mean: torch.Tensor | None = None  # (d,), float64; None: no projection (d <= 2)
+    components: torch.Tensor | None = None  # (2, d), orthonormal rows, float64
+    explained: tuple[float, float] = (math.nan, math.nan)  # share of the fitted sample's variance
+
+    @staticmethod
+    def fit(features: torch.Tensor) -> "Projection":
+        f = features.detach().double().cpu()
+        if f.shape[1] <= 2:
+            return Projection()
+        mean = f.mean(0)
+        _, s, vh = torch.linalg.svd(f - mean, full_matrices=False)
+        variance = s.square()
+        share = (variance[:2] / variance.sum()).tolist() if variance.sum() > 0 else [math.nan, math.nan]
+        return Projection(mean, vh[:2].contiguous(), (share[0], share[1]))
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        f = features.detach().cpu()
+        if self.components is None:
+            return f.float() if f.shape[1] >= 2 else torch.cat([f.float(), torch.zeros_like(f, dtype=torch.float)], 1)
+        return ((f.double() - self.mean) @ self.components.T).float()
+
+    def axis_labels(self) -> tuple[str, str]:
+        if self.components is None:
+            return "feature 1", "feature 2"
+        return tuple(f"PC{i + 1} ({100 * share:.1f} % of variance)" for i, share in enumerate(self.explained))
+
+
+def scatter_features(
+    ax,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    centers: torch.Tensor | None,
+    title: str,
+    projection: Projection | None = None,
+):
+    """One panel: points coloured by digit, centers as black-edged stars. ``projection``: the axes
+    for features wider than 2-D (default: fitted on these features)."""
+    projection = projection or Projection.fit(features)
+    f = projection(features)
     y = labels.cpu()
     for digit in range(10):
         m = y == digit
         ax.scatter(f[m, 0], f[m, 1], s=2, alpha=0.5, color=DIGIT_COLORS[digit], label=str(digit), rasterized=True)
     if centers is not None:
-        c = centers.detach().float().cpu()
+        c = projection(centers)
         ax.scatter(
             c[:, 0],
             c[:, 1],
@@ -81,7 +133,8 @@ def scatter_features(ax, features: torch.Tensor, labels: torch.Tensor, centers: 
             linewidths=1.0,
             label="centers",
         )
-    ax.set(title=title, xlabel="feature 1", ylabel="feature 2")
+    xlabel, ylabel = projection.axis_labels()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
 
 
@@ -92,11 +145,13 @@ def add_digit_legend(fig) -> None:
     fig.legend(handles=handles, loc="center right", title="digit", frameon=True)
 
 
-def plot_features(panels: list[tuple], path: Path, title: str = "") -> None:
-    """Side-by-side feature scatters; each panel is (features, labels, centers, title)."""
+def plot_features(panels: list[tuple], path: Path, title: str = "", projection: Projection | None = None) -> None:
+    """Side-by-side feature scatters; each panel is (features, labels, centers, title). All panels
+    share ``projection`` (default: fitted on the last panel's features)."""
+    projection = projection or Projection.fit(panels[-1][0])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6), squeeze=False)
     for ax, (features, labels, centers, panel_title) in zip(axes[0], panels):
-        scatter_features(ax, features, labels, centers, panel_title)
+        scatter_features(ax, features, labels, centers, panel_title, projection)
     add_digit_legend(fig)
     if title:
         fig.suptitle(title)
@@ -125,12 +180,20 @@ def train_points(cfg, train_split, tr: dict) -> tuple[torch.Tensor, torch.Tensor
     return tr["features"].cpu()[chosen], train_split.labels.cpu()[order[chosen]]
 
 
+def test_sample(cfg, n_test: int) -> torch.Tensor:
+    """Which test images the scatter, features.pt and the projector show: a fixed seeded sample."""
+    return _sample(n_test, cfg.plot.max_points, cfg.train.seed)
+
+
 def write_epoch_plots(
     run_dir: Path, cfg, epoch: float, step: int, frame_name: str, train_split, tr: dict, te: dict, centers
 ) -> None:
     """A run's per-evaluation artefacts: loss curves so far, this evaluation's feature scatter
     (plots/features/FRAME_NAME.png, a frame of the GIF, copied to features.png), and features.pt
-    (test features, labels, centers) for compare. ``epoch``: epochs done, fractional inside one."""
+    (test features, labels, centers) for compare. ``epoch``: epochs done, fractional inside one.
+
+    Features wider than 2-D: the frame is drawn on this evaluation's own principal components, and
+    its points are kept (FRAME_NAME.pt) so that feature_gif can redraw every frame on one basis."""
     from centerexp.rundir.io import atomic_torch_save
     from centerexp.rundir.records import metrics_columns
 
@@ -138,7 +201,7 @@ def write_epoch_plots(
     name = run_dir.name
     plot_loss_curves(metrics_columns(run_dir / files.METRICS), run_dir / files.LOSS_CURVES, name)
     train_f, train_y = train_points(cfg, train_split, tr)
-    test_idx = _sample(len(te["labels"]), cfg.plot.max_points, cfg.train.seed)
+    test_idx = test_sample(cfg, len(te["labels"]))
     test_f, test_y = te["features"].cpu()[test_idx], te["labels"].cpu()[test_idx]
     centers = None if centers is None else centers.detach().float().cpu()
     when = f"epoch {epoch:g}" if epoch == int(epoch) else f"step {step}, epoch {epoch:.2f}"
@@ -148,6 +211,8 @@ def write_epoch_plots(
     ]
     frame = run_dir / files.FEATURE_FRAMES / f"{frame_name}.png"
     plot_features(panels, frame, f"{name}: {when}")
+    if test_f.shape[1] > 2:
+        atomic_torch_save({"panels": panels, "title": f"{name}: {when}"}, frame.with_suffix(".pt"))
     atomic_write_bytes(run_dir / files.FEATURES_PNG, frame.read_bytes())
     atomic_torch_save(
         {"epoch": epoch, "step": step, "features": test_f, "labels": test_y, "centers": centers},
@@ -169,8 +234,24 @@ def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:
     return True
 
 
+def redraw_frames_on_one_basis(run_dir: Path) -> Projection | None:
+    """Features wider than 2-D: redraw every kept frame (and features.png) on the principal
+    components of the last frame's test features, so that the GIF's frames share their axes."""
+    kept = sorted((Path(run_dir) / files.FEATURE_FRAMES).glob("*.pt"))
+    if not kept:
+        return None
+    frames = [torch.load(p, weights_only=True) for p in kept]
+    projection = Projection.fit(frames[-1]["panels"][-1][0])
+    for path, frame in zip(kept, frames):
+        plot_features([tuple(p) for p in frame["panels"]], path.with_suffix(".png"), frame["title"], projection)
+    atomic_write_bytes(Path(run_dir) / files.FEATURES_PNG, kept[-1].with_suffix(".png").read_bytes())
+    return projection
+
+
 def feature_gif(run_dir: Path) -> Path | None:
-    """plots/features.gif from the per-evaluation frames in plots/features/."""
+    """plots/features.gif from the per-evaluation frames in plots/features/ (redrawn on one basis
+    first when the features are wider than 2-D)."""
+    redraw_frames_on_one_basis(run_dir)
     frames = sorted((Path(run_dir) / files.FEATURE_FRAMES).glob("*.png"))  # epoch_NNN or step_NNNNNNN
     out = Path(run_dir) / files.FEATURES_GIF
     return out if make_gif(frames, out) else None

@@ -58,3 +58,30 @@ def metrics_without_timing(run: Path) -> list[dict]:
     from centerexp.rundir.schema import TIMING_COLUMNS
 
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_metrics(Path(run) / "metrics.csv")]
+
+
+def read_events(run: Path):
+    """A run's tb/ as TensorBoard reads it (orphaned events of a resumed run purged), all of it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(Path(run) / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    return accumulator.Reload()
+
+
+def assert_events_match_metrics(run: Path) -> None:
+    """Every metrics.csv column is a scalar with the same values (as float32) at the same steps, once
+    each; a column an older run lacks (or leaves empty) has no tag."""
+    import torch
+
+    from centerexp.rundir.records import read_metrics
+    from centerexp.rundir.schema import METRICS
+
+    events, rows = read_events(run), read_metrics(Path(run) / "metrics.csv")
+    for column in METRICS:
+        if column.name == "step":
+            continue
+        present = [r for r in rows if r.get(column.name) not in (None, "")]
+        logged = [(e.step, e.value) for e in events.Scalars(column.tag)] if present else []
+        assert present or column.tag not in events.Tags()["scalars"]
+        expected = [(int(r["step"]), torch.tensor(float(r[column.name])).float().item()) for r in present]
+        assert logged == expected, f"{column.tag}: {logged} != {expected}"

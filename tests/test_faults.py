@@ -23,7 +23,7 @@ from centerexp.rundir.folder import RunBusy, RunLock, is_run_dir
 from centerexp.rundir.records import read_metrics
 from centerexp.training.train import resume_run, start_run
 
-from .conftest import metrics_without_timing, write_config
+from .conftest import assert_events_match_metrics, metrics_without_timing, write_config
 
 LINEAR = {
     "train": {"epochs": 3, "batch_size": 64, "threads": 1, "precision": "fp32"},
@@ -119,6 +119,8 @@ def check_recovers(config, runs, reference, name="k"):
     assert (run / "summary.json").read_text().count('"completed"') == 1
     leftovers = [p.name for p in run.rglob(".*.tmp")] + [p.name for p in runs.glob(f".{name}.creating-*")]
     assert is_run_dir(run) and (run / "plots" / "features.gif").exists() == (reference / "plots/features.gif").exists()
+    assert_events_match_metrics(run)  # TensorBoard shows each step once, with the values of metrics.csv
+    assert (run / "tb" / "projector_config.pbtxt").read_text().count("embeddings {") == 1
     return leftovers
 
 
@@ -163,6 +165,8 @@ NAMED_MOMENTS = {
     "summary.json temp file written, epoch 2": ("os.replace", _named("summary.json"), 3),
     "features.pt temp file written, epoch 1": ("os.replace", _named("features.pt"), 1),
     "assembling the GIF": ("centerexp.plots.make_gif", lambda *a, **k: True, 1),
+    "events flushed, checkpoint not yet, epoch 2": ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 2),
+    "writing the projector embedding": ("shutil.rmtree", lambda path, *a, **k: str(path).endswith("00012"), 1),
 }
 
 

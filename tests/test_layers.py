@@ -1,8 +1,8 @@
 """The package shows its layers: no import circle, and no module imports from a layer above its own.
 
 Layers, bottom up (a module may import its own layer and those below, never a sibling layer of the
-same rank or one above): errors, config, rundir, plots, training | analysis (siblings that never
-import each other), sweeps, experiments, cli. Function-level imports count too.
+same rank or one above): errors, config, rundir, plots | events, training | analysis, sweeps | board,
+experiments, cli (siblings never import each other). Function-level imports count too.
 """
 
 import ast
@@ -14,9 +14,11 @@ RANK = {
     "config": 1,
     "rundir": 2,
     "plots": 3,
+    "events": 3,
     "training": 4,
     "analysis": 4,
     "sweeps": 5,
+    "board": 5,
     "experiments": 6,
     "cli": 7,
     "__main__": 8,

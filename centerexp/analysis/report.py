@@ -368,5 +368,7 @@ def plot_feature_grid(runs: list, out: Path) -> str | None:
         panels.append((data["features"], data["labels"], data["centers"], title))
     if not panels:
         return None
-    plot_feature_panels(panels, out / "features_grid.png", "final test features (2-D) with class centers")
+    wide = any(p[0].shape[1] > 2 for p in panels)
+    what = "top two principal components of each run's" if wide else "2-D"
+    plot_feature_panels(panels, out / "features_grid.png", f"final test features ({what}) with class centers")
     return "features_grid.png"

@@ -15,3 +15,4 @@ LOSS_CURVES = "plots/loss_curves.png"
 FEATURES_PNG = "plots/features.png"
 FEATURE_FRAMES = "plots/features"
 FEATURES_GIF = "plots/features.gif"
+TENSORBOARD = "tb"  # TensorBoard event files and the projector's embedding (plot.tensorboard)

@@ -29,6 +29,19 @@ class Column:
     digits: int = 4  # significant digits when shown in a table
     table: str | None = None  # heading of compare's column with the run's final value; None: not shown
 
+    @property
+    def tag(self) -> str:
+        """Its TensorBoard tag: grouped as train/, test/, clusters/ (the test features' geometry),
+        time/ and progress/, so that the dashboard shows related curves together."""
+        side, _, rest = self.name.partition("_")
+        if self.timing:
+            return f"time/{self.name}"
+        if side in ("train", "test"):
+            return f"{side}/{rest}"
+        if self.name in ("epoch", "step", "lr"):
+            return f"progress/{self.name}"
+        return f"clusters/{self.name}"
+
 
 def _3(heading: str) -> dict:
     """Shown in compare's table under ``heading``, to 3 significant digits."""

@@ -24,12 +24,14 @@ from tqdm import tqdm
 from centerexp import plots
 from centerexp.config import Config, batch_starts, dump_config, load_config
 from centerexp.errors import CenterexpError
+from centerexp.events import RunEvents, write_rows
 from centerexp.rundir import files
 from centerexp.rundir.folder import (
     NOT_A_RUN,
     RunLock,
     create_run_dir,
     is_run_dir,
+    read_identity,
     recorded,
     recorded_threads,
     remove_stale_temp_files,
@@ -246,6 +248,34 @@ def metrics_row(epoch: float, step: int, lr: float, tr: dict, te: dict, times: t
 
 
 # ---------------------------------------------------------------------------------------------
+# TensorBoard (plot.tensorboard)
+
+
+def open_events(run_dir: Path, cfg: Config, committed_step: int) -> RunEvents:
+    """The run's event writer, (re)starting at its checkpoint: a fresh tb/ with the hparams for a
+    run starting from scratch; the committed rows from metrics.csv for a resumed run whose tb/ is
+    missing (made with plot.tensorboard off, or by an older version)."""
+    events = RunEvents(run_dir, committed_step)
+    if committed_step == 0 or not events.had_events:
+        events.hparams(cfg, read_identity(run_dir))
+        write_rows(events, run_dir)
+    events.flush()
+    return events
+
+
+def log_evaluation(events: RunEvents, run_dir: Path, row: dict, frame: str, cfg, test_set, te, parts, last: bool):
+    """One evaluation's events, flushed before the checkpoint commits it: the metrics row, the
+    feature figure, and after the last one the projector embedding of the plotted test sample."""
+    events.row(row)
+    events.image(run_dir / files.FEATURE_FRAMES / f"{frame}.png", row["step"])
+    if last:
+        idx = plots.test_sample(cfg, len(te["labels"]))
+        centers = parts.aux_loss.points
+        events.embedding(te["features"][idx], te["labels"][idx], test_set.images[idx], centers, row["step"])
+    events.flush()
+
+
+# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -304,6 +334,7 @@ def _train_locked(
     metrics = MetricsLog(run_dir / files.METRICS)
     metrics.truncate_to(pos.epoch, pos.step)  # rows past the checkpoint come from steps being redone
     write_run_header(run_dir, dump_config(cfg), command, env_info(rt))
+    events = open_events(run_dir, cfg, pos.step) if cfg.plot.tensorboard else None
     summary = RunSummary(run_dir)
     summary.begin(
         name=run_dir.name, epochs=cfg.train.epochs, seed=cfg.train.seed, device=str(rt.device), precision=rt.precision
@@ -332,11 +363,15 @@ def _train_locked(
                         parts.scheduler.step()
                     wall = wall_before + (t2 - t_run)
                     when = pos.epoch if pos.perm is None else epoch - 1 + end / n_batches  # epochs done, fractional
-                    metrics.append(metrics_row(when, pos.step, lr, tr, te, (t0, t1, t2), wall))
+                    row = metrics_row(when, pos.step, lr, tr, te, (t0, t1, t2), wall)
+                    metrics.append(row)
                     frame = f"epoch_{epoch:03d}" if not cfg.train.eval_every else f"step_{pos.step:07d}"
                     plots.write_epoch_plots(
                         run_dir, cfg, when, pos.step, frame, train_set, tr, te, parts.aux_loss.points
                     )
+                    if events:
+                        last = pos.perm is None and epoch == cfg.train.epochs
+                        log_evaluation(events, run_dir, row, frame, cfg, test_set, te, parts, last)
                     atomic_torch_save(checkpoint_dict(parts, cfg, pos, wall), ckpt_path)  # the commit point
                     summary.epoch_finished()
                     tqdm.write(
@@ -362,6 +397,9 @@ def _train_locked(
     except BaseException as e:
         summary.failed(str(e) or type(e).__name__)
         raise
+    finally:
+        if events:
+            events.close()
     summary.completed()
     return summary.data
 

@@ -1,0 +1,114 @@
+"""A real browser on `centerexp board`: headless Chromium renders TensorBoard's page over two tiny
+runs; both run names and a scalar tag must be in the rendered page; the server is then stopped
+and nothing is left listening.
+
+Needs Debian's chromium (`make install-browser`). `make test-browser` requires it; a plain
+`make test` on a machine without it skips this file. CENTEREXP_SCREENSHOT=PATH also saves the
+page over the committed quick reference runs there (the README's picture: `make screenshot`).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from centerexp import board
+from centerexp.training.train import start_run
+
+from .conftest import REPO, write_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CENTEREXP_REQUIRE_BROWSER"),
+    reason="no chromium (make install-browser); make test-browser requires it",
+)
+
+TINY = {
+    "train": {"epochs": 1, "batch_size": 64, "threads": 1, "precision": "fp32", "eval_every": 2},
+    "data": {"train_subset": 192, "test_subset": 100},
+    "plot": {"max_points": 100, "gif": False},
+}
+
+
+# The accuracy curves (tags test/acc and train/acc), unsmoothed: the time series dashboard is read
+# (its DOM is plain, the scalars dashboard's is in shadow roots), the scalars dashboard is pictured
+# (it draws SVG, where the time series' WebGL charts stay blank in headless Chromium).
+READ = "http://127.0.0.1:{port}/?tagFilter=acc&smoothing=0#timeseries"
+PICTURE = "http://127.0.0.1:{port}/?darkMode=false#scalars&tagFilter=acc&_smoothingWeight=0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(port: int, screenshot: Path) -> str:
+    """The page's DOM after its scripts ran (READ), and a screenshot (PICTURE); headless Chromium."""
+    assert CHROMIUM, "chromium is not installed: make install-browser"
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,900"]
+    common.append("--virtual-time-budget=20000")  # let the app fetch and draw before the snapshot
+    shot = [*common, f"--screenshot={screenshot}", PICTURE.format(port=port)]
+    subprocess.run(shot, check=True, capture_output=True, timeout=120)
+    dom = [*common, "--dump-dom", READ.format(port=port)]
+    dom = subprocess.run(dom, check=True, capture_output=True, text=True, timeout=120)
+    return dom.stdout
+
+
+def serve(paths: list[Path], port: int) -> subprocess.Popen:
+    """`centerexp board PATHS --port PORT` as a user starts it; returns once it printed its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "centerexp", "board", *map(str, paths), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("TensorBoard over"):
+            assert f"http://127.0.0.1:{port}/" in line
+            return process
+    process.wait()
+    pytest.fail(f"centerexp board exited with {process.returncode} before serving")
+
+
+def stop(process: subprocess.Popen, port: int) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) is not None
+    board.check_port(port)  # raises if anything (the board or its TensorBoard) still listens
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_board_renders_both_runs_and_a_scalar_in_a_real_browser(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", **TINY)
+    runs = [start_run(config, [], tmp_path / "runs", name, progress=False)[0] for name in ("alpha", "beta")]
+    port = free_port()
+    process = serve(runs, port)
+    try:
+        dom = render(port, tmp_path / "board.png")
+    finally:
+        stop(process, port)
+    # Both runs in the run list, and the scalar cards the filter "acc" selects, by their tags (the
+    # filter's own text is not either tag).
+    assert "alpha" in dom and "beta" in dom and "test/acc" in dom and "train/acc" in dom
+    assert (tmp_path / "board.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not os.environ.get("CENTEREXP_SCREENSHOT"), reason="CENTEREXP_SCREENSHOT not set")
+def test_screenshot_of_the_reference_runs(tmp_path):
+    quick = tmp_path / "quick"
+    shutil.copytree(REPO / "runs" / "reference" / "quick", quick, ignore=shutil.ignore_patterns("tb", "plots"))
+    port = free_port()
+    process = serve([quick], port)
+    try:
+        shot = tmp_path / "board.png"
+        dom = render(port, shot)
+    finally:
+        stop(process, port)
+    assert "v1/quick/v1_0/s0" in dom and "v1/quick/v1_2/s2" in dom
+    shutil.copyfile(shot, os.environ["CENTEREXP_SCREENSHOT"])
