@@ -122,14 +122,16 @@ def wait_for_a_later_second(event_files: list[Path]) -> None:
     one, or the purge it carries would hide the rows it writes. Waits at most a second."""
     stamps = [p.name.split(".")[3] for p in event_files]
     newest = max((int(s) for s in stamps if s.isdigit()), default=0)
-    while int(time.time()) <= newest:
+    give_up = time.monotonic() + 2  # a file dated ahead (another node's clock) is not waited for
+    while int(time.time()) <= newest and time.monotonic() < give_up:
         time.sleep(0.02)
 
 
 def frame_steps(run_dir: Path) -> list[tuple[int, Path]]:
     """The feature frames a run kept (plots/features/), each with the step it shows."""
     m = metrics_columns(Path(run_dir) / files.METRICS) if (Path(run_dir) / files.METRICS).exists() else {}
-    step_of_epoch = {int(e): int(s) for e, s in zip(m.get("epoch", []), m.get("step", [])) if e == int(e) and s == s}
+    pairs = zip(m.get("epoch", []), m.get("step", []))
+    step_of_epoch = {int(e): int(s) for e, s in pairs if e == e and s == s and e == int(e)}  # NaN: e != e
     found = []
     for png in sorted((Path(run_dir) / files.FEATURE_FRAMES).glob("*.png")):
         kind, _, number = png.stem.partition("_")

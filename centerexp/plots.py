@@ -85,7 +85,7 @@ class Projection:
     @staticmethod
     def fit(features: torch.Tensor) -> "Projection":
         f = features.detach().double().cpu()
-        if f.shape[1] <= 2:
+        if f.shape[1] <= 2 or len(f) < 2:  # nothing to fit on: the first two coordinates, said as such
             return Projection()
         mean = f.mean(0)
         _, s, vh = torch.linalg.svd(f - mean, full_matrices=False)
@@ -96,7 +96,9 @@ class Projection:
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         f = features.detach().cpu()
         if self.components is None:
-            return f.float() if f.shape[1] >= 2 else torch.cat([f.float(), torch.zeros_like(f, dtype=torch.float)], 1)
+            if f.shape[1] >= 2:
+                return f.float()[:, :2]
+            return torch.cat([f.float(), torch.zeros_like(f, dtype=torch.float)], 1)  # 1-D: a flat second axis
         return ((f.double() - self.mean) @ self.components.T).float()
 
     def axis_labels(self) -> tuple[str, str]:

@@ -86,7 +86,7 @@ def stop(process: subprocess.Popen, port: int) -> None:
 
 def test_board_renders_both_runs_and_a_scalar_in_a_real_browser(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", **TINY)
-    runs = [start_run(config, [], tmp_path / "runs", name, progress=False)[0] for name in ("alpha", "beta")]
+    runs = [start_run(config, [], tmp_path / "runs", name, progress=False)[0] for name in ("runalpha", "runbeta")]
     port = free_port()
     process = serve(runs, port)
     try:
@@ -95,7 +95,7 @@ def test_board_renders_both_runs_and_a_scalar_in_a_real_browser(tmp_path):
         stop(process, port)
     # Both runs in the run list, and the scalar cards the filter "acc" selects, by their tags (the
     # filter's own text is not either tag).
-    assert "alpha" in dom and "beta" in dom and "test/acc" in dom and "train/acc" in dom
+    assert "runalpha" in dom and "runbeta" in dom and "test/acc" in dom and "train/acc" in dom
     assert (tmp_path / "board.png").stat().st_size > 10_000
 
 

@@ -167,6 +167,7 @@ NAMED_MOMENTS = {
     "assembling the GIF": ("centerexp.plots.make_gif", lambda *a, **k: True, 1),
     "events flushed, checkpoint not yet, epoch 2": ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 2),
     "writing the projector embedding": ("shutil.rmtree", lambda path, *a, **k: str(path).endswith("00012"), 1),
+    "embedding written, last checkpoint not yet": ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 3),
 }
 
 
