@@ -22,10 +22,9 @@ import torch
 from centerexp import plots
 from centerexp.config import load_config
 from centerexp.errors import CenterexpError
-from centerexp.events import RunEvents, frame_steps, write_rows
+from centerexp.events import RunEvents, frame_steps, write_records
 from centerexp.rundir import files
 from centerexp.rundir.folder import NOT_A_RUN, is_run_dir, read_identity
-from centerexp.rundir.records import metrics_columns
 
 HOST = "127.0.0.1"  # loopback only: the board serves the run folders' files to whoever connects
 DEFAULT_PORT = 6006  # TensorBoard's own default
@@ -83,14 +82,13 @@ def write_events_from_records(run_dir: Path) -> None:
     cfg = load_config(run_dir / files.CONFIG)
     events = RunEvents(run_dir, committed_step=0)
     try:
-        events.hparams(cfg, read_identity(run_dir))
-        write_rows(events, run_dir)
+        last_step = write_records(events, run_dir, cfg) or 0
         frames = frame_steps(run_dir)
         for step, png in frames:
             events.image(png, step)
         features = _load_features(run_dir)
         if features is not None:
-            step = _last_step(run_dir)
+            step = last_step
             if not frames:  # plots are not kept (as in the committed reference runs): draw the last one
                 png = run_dir / files.TENSORBOARD / "features.png"
                 panel = (features["features"], features["labels"], features["centers"], "test features")
@@ -114,15 +112,6 @@ def _load_features(run_dir: Path) -> dict | None:
         return torch.load(run_dir / files.FEATURES, weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError):
         return None
-
-
-def _last_step(run_dir: Path) -> int:
-    steps = (
-        [s for s in metrics_columns(run_dir / files.METRICS)["step"] if s == s]
-        if (run_dir / files.METRICS).exists()
-        else []
-    )
-    return int(steps[-1]) if steps else 0
 
 
 def check_port(port: int, host: str = HOST) -> None:

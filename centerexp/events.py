@@ -22,6 +22,7 @@ import torch
 
 from centerexp.config import Config, flatten
 from centerexp.rundir import files
+from centerexp.rundir.folder import read_identity
 from centerexp.rundir.records import metrics_columns
 from centerexp.rundir.schema import BY_NAME, METRIC_COLUMNS, METRICS
 
@@ -142,14 +143,13 @@ def frame_steps(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def write_rows(events: RunEvents, run_dir: Path, after_step: int = -1) -> int:
-    """metrics.csv's rows with a step above ``after_step``, as scalars; returns how many."""
+def write_records(events: RunEvents, run_dir: Path, cfg: Config) -> int | None:
+    """The run's hparams and its metrics.csv rows as scalars (a run starting afresh, a resume
+    without tb/, `centerexp board` for a run without tb/). Returns the last row's step (None: no rows)."""
+    events.hparams(cfg, read_identity(run_dir))
     path = Path(run_dir) / files.METRICS
-    if not path.exists():
-        return 0
-    m = metrics_columns(path)
-    rows = [{c: m[c][i] for c in METRIC_COLUMNS} for i in range(len(m["step"])) if m["step"][i] == m["step"][i]]
-    rows = [r for r in rows if r["step"] > after_step]
-    for r in rows:
-        events.row(r)
-    return len(rows)
+    m = metrics_columns(path) if path.exists() else {"step": []}
+    steps = [i for i, step in enumerate(m["step"]) if step == step]  # a row of run format 1 has no step
+    for i in steps:
+        events.row({c: m[c][i] for c in METRIC_COLUMNS})
+    return int(m["step"][steps[-1]]) if steps else None

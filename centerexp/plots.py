@@ -189,13 +189,14 @@ def test_sample(cfg, n_test: int) -> torch.Tensor:
 
 def write_epoch_plots(
     run_dir: Path, cfg, epoch: float, step: int, frame_name: str, train_split, tr: dict, te: dict, centers
-) -> None:
+) -> torch.Tensor:
     """A run's per-evaluation artefacts: loss curves so far, this evaluation's feature scatter
     (plots/features/FRAME_NAME.png, a frame of the GIF, copied to features.png), and features.pt
     (test features, labels, centers) for compare. ``epoch``: epochs done, fractional inside one.
 
     Features wider than 2-D: the frame is drawn on this evaluation's own principal components, and
-    its points are kept (FRAME_NAME.pt) so that feature_gif can redraw every frame on one basis."""
+    its points are kept (FRAME_NAME.pt) so that feature_gif can redraw every frame on one basis.
+    Returns which test images it drew (the projector shows the same ones)."""
     from centerexp.rundir.io import atomic_torch_save
     from centerexp.rundir.records import metrics_columns
 
@@ -220,6 +221,7 @@ def write_epoch_plots(
         {"epoch": epoch, "step": step, "features": test_f, "labels": test_y, "centers": centers},
         run_dir / files.FEATURES,
     )
+    return test_idx
 
 
 def make_gif(frames: list[Path], path: Path, ms_per_frame: int = 500) -> bool:

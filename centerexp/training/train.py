@@ -24,14 +24,13 @@ from tqdm import tqdm
 from centerexp import plots
 from centerexp.config import Config, batch_starts, dump_config, load_config
 from centerexp.errors import CenterexpError
-from centerexp.events import RunEvents, write_rows
+from centerexp.events import RunEvents, write_records
 from centerexp.rundir import files
 from centerexp.rundir.folder import (
     NOT_A_RUN,
     RunLock,
     create_run_dir,
     is_run_dir,
-    read_identity,
     recorded,
     recorded_threads,
     remove_stale_temp_files,
@@ -257,21 +256,19 @@ def open_events(run_dir: Path, cfg: Config, committed_step: int) -> RunEvents:
     missing (made with plot.tensorboard off, or by an older version)."""
     events = RunEvents(run_dir, committed_step)
     if committed_step == 0 or not events.had_events:
-        events.hparams(cfg, read_identity(run_dir))
-        write_rows(events, run_dir)
+        write_records(events, run_dir, cfg)
     events.flush()
     return events
 
 
-def log_evaluation(events: RunEvents, run_dir: Path, row: dict, frame: str, cfg, test_set, te, parts, last: bool):
+def log_evaluation(events: RunEvents, run_dir: Path, row: dict, frame: str, test_set, te, drawn, parts, last: bool):
     """One evaluation's events, flushed before the checkpoint commits it: the metrics row, the
-    feature figure, and after the last one the projector embedding of the plotted test sample."""
+    feature figure, and after the last one the projector embedding of the test images ``drawn``."""
     events.row(row)
     events.image(run_dir / files.FEATURE_FRAMES / f"{frame}.png", row["step"])
     if last:
-        idx = plots.test_sample(cfg, len(te["labels"]))
         centers = parts.aux_loss.points
-        events.embedding(te["features"][idx], te["labels"][idx], test_set.images[idx], centers, row["step"])
+        events.embedding(te["features"][drawn], te["labels"][drawn], test_set.images[drawn], centers, row["step"])
     events.flush()
 
 
@@ -366,12 +363,12 @@ def _train_locked(
                     row = metrics_row(when, pos.step, lr, tr, te, (t0, t1, t2), wall)
                     metrics.append(row)
                     frame = f"epoch_{epoch:03d}" if not cfg.train.eval_every else f"step_{pos.step:07d}"
-                    plots.write_epoch_plots(
+                    drawn = plots.write_epoch_plots(
                         run_dir, cfg, when, pos.step, frame, train_set, tr, te, parts.aux_loss.points
                     )
                     if events:
                         last = pos.perm is None and epoch == cfg.train.epochs
-                        log_evaluation(events, run_dir, row, frame, cfg, test_set, te, parts, last)
+                        log_evaluation(events, run_dir, row, frame, test_set, te, drawn, parts, last)
                     atomic_torch_save(checkpoint_dict(parts, cfg, pos, wall), ckpt_path)  # the commit point
                     summary.epoch_finished()
                     tqdm.write(
