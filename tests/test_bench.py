@@ -25,6 +25,9 @@ def test_bench_times_the_plain_loop_and_centerexp_in_each_precision():
     assert m["centerexp_auto_images_per_s"] == m[f"centerexp_{m['auto_precision']}_images_per_s"]
     text = lines[0]
     assert "plain (seed) fp32" in text and "centerexp bf16" in text and "<- auto" in text
+    tb = result["tensorboard"]
+    assert tb["seconds_per_evaluation"] > 0 and tb["embedding_seconds"] > 0 and tb["points"] == 5000
+    assert "TensorBoard events (plot.tensorboard):" in text and "ms per evaluation" in text
 
 
 def test_format_shows_ceiling_fraction_and_the_reproduce_estimate():
@@ -48,7 +51,10 @@ def test_format_shows_ceiling_fraction_and_the_reproduce_estimate():
     r["reproduce_estimates"] = {
         "v1": {"quick": {"seconds": 1200.0, "seeds": 3}, "full": {"seconds": 3.6e5, "seeds": 5}}
     }
+    r["tensorboard"] = {"seconds_per_evaluation": 0.02, "embedding_seconds": 0.5, "points": 5000}
     text = format_bench(r)
+    assert "20 ms per evaluation (row + feature figure), 0.50 s once for the projector (5,000 points)" in text
+    assert "a one-epoch deep run with one evaluation: 0.078% of its 667 s" in text  # 0.52 / (60000/90)
     assert "2.25x" in text and "92%" in text and "96%" in text  # 90/40, 90/98, 44/46
     assert "measured bf16/fp32 step 2.10x" in text
     assert "  v1: quick (3 seeds) 20 min, full (5 seeds) 100.0 h" in text

@@ -12,11 +12,14 @@ FLOP, so no training step can beat it, and it is the peak that matters here, not
 Everything is timed the same way: images over wall time of ``steps`` whole steps after
 ``warmup`` untimed ones, with the device synchronised. FLOP per image is counted by torch's
 FlopCounterMode. From the measured rates, bench estimates the seconds of a full epoch and the
-wall time of `centerexp reproduce` for each shipped experiment's profiles on this machine.
+wall time of `centerexp reproduce` for each shipped experiment's profiles on this machine. It also
+times what a run's TensorBoard events cost (plot.tensorboard), against an epoch.
 """
 
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +152,35 @@ def conv_stack_ceiling(arch: str, precision: str, device: torch.device, steps: i
     return timed_rate(step, BATCH, steps, warmup, device)
 
 
+def tensorboard_cost(points: int = 5000, evaluations: int = 5) -> dict:
+    """What plot.tensorboard adds to a run, timed the way the trainer writes it: per evaluation the
+    metrics row, the feature figure and a flush; once, the projector embedding of ``points`` test
+    features (plot.max_points' default) with their thumbnails."""
+    from centerexp import plots
+    from centerexp.events import RunEvents
+    from centerexp.rundir.schema import METRIC_COLUMNS
+
+    gen = torch.Generator().manual_seed(0)
+    features, labels = torch.randn(points, 2, generator=gen), torch.randint(0, 10, (points,), generator=gen)
+    images = torch.randint(0, 256, (points, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = Path(tmp) / "frame.png"
+        plots.plot_features([(features, labels, None, "train"), (features, labels, None, "test")], frame)
+        events = RunEvents(Path(tmp))
+        start = time.perf_counter()
+        for step in range(1, evaluations + 1):
+            events.row({**dict.fromkeys(METRIC_COLUMNS, 1.0), "step": step})
+            events.image(frame, step)
+            events.flush()
+        per_evaluation = (time.perf_counter() - start) / evaluations
+        start = time.perf_counter()
+        events.embedding(features, labels, images, torch.randn(10, 2, generator=gen), evaluations)
+        events.flush()
+        embedding = time.perf_counter() - start
+        events.close()
+    return {"seconds_per_evaluation": per_evaluation, "embedding_seconds": embedding, "points": points}
+
+
 def reproduce_estimate(experiment, profile_name: str, rates: dict) -> float:
     """Seconds `centerexp reproduce EXPERIMENT --profile profile_name` would take at
     ``rates[arch][precision]`` ({"train": img/s, "eval": img/s}, measured at batch 256), training and
@@ -228,6 +260,7 @@ def run_bench(
         m["centerexp_auto_vs_plain"] = m[f"centerexp_{auto.precision}_vs_plain"]
         result["models"][arch] = m
     result["reproduce_estimates"] = reproduce_estimates(rates)
+    result["tensorboard"] = tensorboard_cost()
     if profile:
         result["profile"] = profile_step(archs[0], device_name)
     if as_json:
@@ -295,6 +328,16 @@ def format_bench(r: dict) -> str:
     for name, profiles in r.get("reproduce_estimates", {}).items():
         shown = ", ".join(f"{p} ({e['seeds']} seeds) {_duration(e['seconds'])}" for p, e in profiles.items())
         lines.append(f"  {name}: {shown}")
+    if r.get("tensorboard"):
+        tb = r["tensorboard"]
+        arch, m = next(iter(r["models"].items()))
+        epoch = m[f"seconds_per_epoch_{m['auto_precision']}"]
+        share = (tb["seconds_per_evaluation"] + tb["embedding_seconds"]) / epoch
+        lines.append(
+            f"TensorBoard events (plot.tensorboard): {1000 * tb['seconds_per_evaluation']:.0f} ms per evaluation "
+            f"(row + feature figure), {tb['embedding_seconds']:.2f} s once for the projector ({tb['points']:,} "
+            f"points); a one-epoch {arch} run with one evaluation: {100 * share:.3f}% of its {epoch:.0f} s"
+        )
     return "\n".join(lines)
 
 
