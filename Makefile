@@ -11,7 +11,7 @@ PROFILE ?= full
 SEEDS ?=
 RUNS ?= runs
 
-.PHONY: install install-browser test test-browser screenshot test-portable drift test-slurm lint format reproduce bench parity clean
+.PHONY: install install-browser test test-browser screenshot test-portable drift test-slurm lint format reproduce bench parity parity-conv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,10 @@ bench: install
 # bf16 vs fp32 on V1.0, paired seeds: runs/parity/parity.json
 parity: install
 	$(BIN)/centerexp parity configs/v1_0.yaml $(if $(SEEDS),--seeds $(SEEDS)) --runs-dir $(RUNS)/parity -q
+
+# train.conv_algo auto vs library on V1.0, paired seeds: runs/parity-conv/parity.json
+parity-conv: install
+	$(BIN)/centerexp parity configs/v1_0.yaml --compare conv $(if $(SEEDS),--seeds $(SEEDS)) --runs-dir $(RUNS)/parity-conv -q $(if $(EPOCHS),--set train.epochs=$(EPOCHS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -251,28 +251,38 @@ def reproduce(
 @app.command()
 @guarded
 def parity(
-    config: Path = typer.Argument(..., help="The config to train in fp32 and in bf16, e.g. configs/v1_0.yaml."),
+    config: Path = typer.Argument(..., help="The config to train both ways, e.g. configs/v1_0.yaml."),
     seeds: int = typer.Option(5, "--seeds", help="Paired seeds (0, 1, ...); 3 at least for an interval."),
     runs_dir: Path = typer.Option(Path("runs/parity"), "--runs-dir", help="Where the runs and parity.json go."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=JOBS_HELP, show_default="local: 1"),
+    compare: str = typer.Option(
+        "precision", "--compare", help="precision: bf16 vs fp32; conv: train.conv_algo auto vs library."
+    ),
 ):
-    """bf16 vs fp32 on the same config and seeds: paired differences with 95% CIs (parity.json)."""
+    """A faster way to compute vs the reference way, same config and seeds: paired differences with
+    95% CIs (parity.json)."""
+    from centerexp.experiments.parity import COMPARISONS
     from centerexp.experiments.parity import parity as run_parity
     from centerexp.sweeps.jobs import LaunchOptions
 
     if seeds < 1:
         raise CenterexpError(f"--seeds must be >= 1, got {seeds}", 2)
+    if compare not in COMPARISONS:
+        raise CenterexpError(f"--compare must be one of {', '.join(COMPARISONS)}, got {compare!r}", 2)
     options = LaunchOptions(launcher, jobs).check()
-    run_parity(config, seeds, runs_dir, list(set_), False if quiet else None, typer.echo, options)
+    run_parity(config, seeds, runs_dir, list(set_), False if quiet else None, typer.echo, options, compare)
 
 
 @app.command()
 @guarded
 def bench(
     arch: List[str] = typer.Option(["deep", "shallow"], "--arch", help="Models to time (repeatable)."),
+    precision: List[str] = typer.Option(
+        ["fp32", "bf16"], "--precision", help="Precisions to time (repeatable); the one auto picks always is."
+    ),
     steps: int = typer.Option(6, "--steps", help="Timed steps of batch 256 per measurement."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed steps first."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -289,7 +299,9 @@ def bench(
         raise CenterexpError(f"--arch must be one of {', '.join(CHOICES['model.arch'])}", 2)
     if steps < 1 or warmup < 1 or steps + warmup > 200:
         raise CenterexpError("--steps and --warmup must be >= 1, with steps + warmup <= 200", 2)
-    run_bench(tuple(arch), steps, warmup, device, profile, typer.echo, json_out)
+    if any(p not in ("fp32", "bf16") for p in precision):
+        raise CenterexpError("--precision must be fp32 or bf16", 2)
+    run_bench(tuple(arch), steps, warmup, device, profile, typer.echo, json_out, tuple(precision))
 
 
 @app.command()

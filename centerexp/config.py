@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     precision: str = "auto"  # auto (bf16 if a measured training step is >= 1.2x fp32) | fp32 | bf16
     channels_last: bool = True  # memory format for the conv nets; faster with oneDNN and cuDNN
+    conv_algo: str = "auto"  # auto (the fastest measured per layer shape) | library | toeplitz | fft
     deterministic: bool = False  # torch.use_deterministic_algorithms and friends
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default (one per core)
     eval_every: Optional[int] = None  # also evaluate (and checkpoint) every N optimizer steps; null: epoch ends only
@@ -93,6 +94,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adam"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.conv_algo": ("auto", "library", "toeplitz", "fft"),
 }
 
 # (check, what is expected) for numeric keys; None values pass (they mean "all"/"off").
@@ -290,9 +292,9 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-# Keys that change how fast a run computes, not what it computes in maths: a run resumed or
+# Keys that change how fast a run computes, not what it computes in maths (its bits, yes): a run resumed or
 # adopted with another value is the same run (env.json records what each stretch used).
-RUNTIME_ONLY_KEYS = {"train.threads"}
+RUNTIME_ONLY_KEYS = {"train.threads", "train.conv_algo"}
 
 
 def diff_configs(a: dict, b: dict) -> list[str]:

@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.experiments.bench import flop_per_image, format_bench, run_bench
+from centerexp.experiments.bench import flop_per_image, format_bench, layer_table, matmul_peak, run_bench
 
 
 def test_flop_count_matches_the_known_v1_cost():
@@ -52,12 +52,44 @@ def test_format_shows_ceiling_fraction_and_the_reproduce_estimate():
         "v1": {"quick": {"seconds": 1200.0, "seeds": 3}, "full": {"seconds": 3.6e5, "seeds": 5}}
     }
     r["tensorboard"] = {"seconds_per_evaluation": 0.02, "embedding_seconds": 0.5, "points": 5000}
+    r["matmul_gflops"] = {"fp32": 100.0, "bf16": 400.0}
+    m |= {
+        "centerexp_auto_images_per_s": 90.0,
+        "centerexp_auto_vs_plain": 90 / 40,
+        "centerexp_auto_vs_library_ceiling": 90 / 98,
+        "chosen_ceiling_images_per_s": 150.0,
+        "library_ceiling_fraction_of_matmul_peak": 0.45,
+        "chosen_ceiling_fraction_of_matmul_peak": 0.69,
+        "conv_layers": [
+            {"layer": "512->512 k5p2 @7x7", "algorithm": "fft", "seconds": 0.5, "library_seconds": 1.5,
+             "gflops": 600.0, "fraction_of_matmul_peak": 1.5, "share": 0.8},
+        ],
+    }
     text = format_bench(r)
+    assert "matmul peak (2048^3, this sitting): fp32 100 GFLOP/s, bf16 400 GFLOP/s" in text
+    assert "conv stack 98.0 img/s with the library (45% of the matmul peak), 150.0 img/s with the chosen" in text
+    assert "training 90.0 img/s = 0.92x the library ceiling, 2.25x the plain loop" in text
+    assert "  512->512 k5p2 @7x7       fft            500      600      150%    80%      3.00x" in text
     assert "20 ms per evaluation (row + feature figure), 0.50 s once for the projector (5,000 points)" in text
     assert "a one-epoch deep run with one evaluation: 0.078% of its 667 s" in text  # 0.52 / (60000/90)
     assert "2.25x" in text and "92%" in text and "96%" in text  # 90/40, 90/98, 44/46
     assert "measured bf16/fp32 step 2.10x" in text
     assert "  v1: quick (3 seeds) 20 min, full (5 seeds) 100.0 h" in text
+
+
+def test_the_layer_table_times_the_library_and_the_chosen_algorithm_of_every_shape():
+    import torch
+
+    rows = layer_table("shallow", 2, "fp32", torch.device("cpu"), {"512->512 k5p2 @7x7": "fft"})
+    assert [r["layer"] for r in rows] == [
+        "1->32 k5p2 @28x28", "32->64 k5p2 @28x28", "64->128 k5p2 @14x14", "128->256 k5p2 @14x14",
+        "256->512 k5p2 @7x7", "512->512 k5p2 @7x7",
+    ]
+    assert [r["algorithm"] for r in rows].count("fft") == 1 and rows[-1]["algorithm"] == "fft"
+    assert rows[0]["seconds"] == rows[0]["library_seconds"] and abs(sum(r["share"] for r in rows) - 1) < 1e-9
+    # 2 images x 512 x 512 x 25 taps x 49 positions, x2 (multiply-add) x3 (forward, two backward)
+    assert abs(rows[-1]["gflops"] * rows[-1]["seconds"] * 1e9 / (2 * 512 * 512 * 25 * 49 * 6) - 1) < 1e-9
+    assert matmul_peak("fp32", torch.device("cpu"), size=128, repeats=1) > 0
 
 
 def test_bench_json_and_bad_option():

@@ -7,7 +7,7 @@ from centerexp.training.models import ConvLayer, build_model
 
 
 def test_conv_layer_is_biasless_conv_batchnorm_relu():
-    layer = ConvLayer(1, 32, 5, 1, 2)
+    layer = ConvLayer(1, 32, 5, 2)
     conv, bn, relu = layer
     assert isinstance(conv, nn.Conv2d) and conv.bias is None
     assert (conv.kernel_size, conv.stride, conv.padding) == ((5, 5), (1, 1), (2, 2))

@@ -1,13 +1,14 @@
 """Runtime: train.precision auto decides by measurement, cached per machine; bf16 steps on CPU."""
 
 import json
+from pathlib import Path
 import math
 
 import pytest
 import torch
 
 from centerexp.config import Config
-from centerexp.training import precision
+from centerexp.training import precision, speedcache
 from centerexp.training.runtime import Runtime
 
 
@@ -24,6 +25,7 @@ def measured(fp32: float, bf16: float):
 def auto_config(tmp_path, arch="deep") -> Config:
     cfg = Config()
     cfg.data.root, cfg.model.arch, cfg.train.device = str(tmp_path), arch, "cpu"
+    cfg.train.conv_algo = "library"  # these tests are about precision; test_conv.py times the algorithms
     return cfg
 
 
@@ -49,13 +51,13 @@ def test_the_measurement_is_cached_and_remeasured_for_another_torch(tmp_path, mo
     slower, calls2 = measured(40.0, 41.0)
     rt = Runtime.from_config(auto_config(tmp_path), measure=slower)
     assert calls2 == ["deep"] and rt.precision == "fp32" and rt.precision_choice["cached"] is False
-    cache = json.loads((tmp_path / precision.CACHE_FILE).read_text())
+    cache = json.loads((tmp_path / speedcache.CACHE_FILE).read_text())
     assert len(cache) == 3
     assert sum("9.9.9" in k for k in cache) == 1
 
 
 def test_a_damaged_cache_is_measured_again(tmp_path):
-    (tmp_path / precision.CACHE_FILE).write_text("{not json")
+    (tmp_path / speedcache.CACHE_FILE).write_text("{not json")
     measure, calls = measured(40.0, 30.0)
     assert Runtime.from_config(auto_config(tmp_path), measure=measure).precision == "fp32" and calls == ["deep"]
 
@@ -87,6 +89,7 @@ def test_a_bf16_training_step_on_cpu_is_finite():
 
     cfg = Config()
     cfg.model.arch, cfg.train.precision, cfg.train.device, cfg.train.batch_size = "shallow", "bf16", "cpu", 16
+    cfg.train.conv_algo = "library"  # timing every algorithm in bf16 takes minutes on a CPU without bf16 units
     rt = Runtime.from_config(cfg)
     torch.manual_seed(0)
     parts = build_parts(cfg, rt.device, rt.channels_last)
@@ -130,9 +133,23 @@ def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path):
     }
     m = result["metrics"]["final_test_acc"]
     diffs = [b - f for b, f in zip(final["bf16"], final["fp32"])]
-    assert m["n"] == 3 and m["diff_bf16_minus_fp32"] == pytest.approx(sum(diffs) / 3)
+    assert m["n"] == 3 and m["difference"] == pytest.approx(sum(diffs) / 3)
     if len(set(diffs)) > 1:  # scipy's interval (it has none when all differences are equal)
         ci = stats.ttest_rel(final["bf16"], final["fp32"]).confidence_interval(0.95)
         assert m["ci_low"] == pytest.approx(ci.low) and m["ci_high"] == pytest.approx(ci.high)
     assert json.loads((tmp_path / "parity.json").read_text())["metrics"]["final_test_acc"]["n"] == 3
     assert "95% CI" in lines[-1] and "paired t, n=3" in lines[-1]
+    assert lines[-1].startswith("train.precision: bf16 vs fp32") and "training time per epoch, fp32 / bf16" in lines[-1]
+
+
+def test_parity_of_the_convolution_algorithms_pairs_auto_with_the_library(tmp_path):
+    from centerexp.experiments.parity import COMPARISONS, parity_specs
+
+    from .conftest import CONFIGS
+
+    specs = parity_specs(CONFIGS / "v1_0.yaml", 2, tmp_path, ["train.epochs=1"], COMPARISONS["conv"])
+    assert [s.run_dir.name for s in specs] == ["v1_0_library_s0", "v1_0_auto_s0", "v1_0_library_s1", "v1_0_auto_s1"]
+    assert [s.overrides[-2:] for s in specs[:2]] == [
+        ("train.conv_algo=library", "train.seed=0"), ("train.conv_algo=auto", "train.seed=0")
+    ]
+    assert "train.epochs=1" in specs[0].overrides

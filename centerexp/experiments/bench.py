@@ -5,9 +5,12 @@ shuffle=True)``, fp32 eager, default memory format, cross-entropy + center loss,
 centerexp: the trainer's own ``train_one_epoch`` on data resident on the device, channels_last,
 in fp32, in bf16, and in what ``train.precision: auto`` picks on this machine.
 
-The ceiling is the conv stack alone (forward + backward of the ConvLayers on resident random
-images, no data, head, loss or optimizer) in each precision: on these nets it does ~97% of the
-FLOP, so no training step can beat it, and it is the peak that matters here, not a matmul's.
+The library ceiling is the conv stack alone (forward + backward of the ConvLayers on resident
+random images, no data, head, loss or optimizer) in each precision with the library's convolutions
+(oneDNN/cuDNN): on these nets it does ~97% of the FLOP. centerexp's own convolution algorithms
+(train.conv_algo, conv.py) can beat that ceiling; what bounds them is the machine's matmul peak,
+measured in the same sitting in fp32 and bf16, against which a per-layer table shows each layer
+shape's chosen algorithm, its speed and its share of the stack's time.
 
 Everything is timed the same way: images over wall time of ``steps`` whole steps after
 ``warmup`` untimed ones, with the device synchronised. FLOP per image is counted by torch's
@@ -27,10 +30,12 @@ import torch.nn.functional as F
 from centerexp.config import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, Config, ModelConfig, load_config, train_images
 from centerexp.experiments.reproduce import EXPERIMENTS
 from centerexp.experiments.spec import load_experiment
+from centerexp.training import conv
 from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist
 from centerexp.training.losses import CenterLoss
 from centerexp.training.models import build_model
 from centerexp.training.runtime import Runtime, resolve_device
+from centerexp.training.speedcache import median_seconds
 from centerexp.training.train import build_parts, evaluate, train_one_epoch
 
 BATCH = 256
@@ -106,7 +111,7 @@ def centerexp_setup(arch: str, precision: str, device_name: str):
     cfg = bench_config(arch, precision, device_name)
     rt = Runtime.from_config(cfg)
     torch.manual_seed(0)
-    parts = build_parts(cfg, rt.device, rt.channels_last)
+    parts = build_parts(cfg, rt.device, rt.channels_last, rt.conv_algorithms)
     train_split, test_split = load_mnist(cfg.data, 0, rt.device)
     return cfg, rt, parts, train_split, test_split
 
@@ -131,16 +136,21 @@ def centerexp_rates(arch: str, precision: str, device_name: str, steps: int, war
     return {
         "precision": rt.precision,
         "choice": rt.precision_choice,
+        "conv_algorithms": rt.conv_algorithms,
         "train": train_rate,
         "eval": timed_rate(lambda: evaluate(parts, part, cfg, rt), eval_images, 1, 1, rt.device),
     }
 
 
-def conv_stack_ceiling(arch: str, precision: str, device: torch.device, steps: int, warmup: int) -> float | None:
-    """Images/s of forward + backward through the conv stack alone (None for a net without one)."""
+def conv_stack_ceiling(
+    arch: str, precision: str, device: torch.device, steps: int, warmup: int, conv_algorithms: dict | None = None
+) -> float | None:
+    """Images/s of forward + backward through the conv stack alone (None for a net without one),
+    with the library's convolutions or ``conv_algorithms``."""
     model = build_model(ModelConfig(arch=arch)).to(device)
     if not hasattr(model, "hidden_layer"):
         return None
+    conv.use_algorithms(model, conv_algorithms or {})
     stack = model.hidden_layer.to(memory_format=torch.channels_last)
     x = torch.rand(BATCH, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
 
@@ -150,6 +160,47 @@ def conv_stack_ceiling(arch: str, precision: str, device: torch.device, steps: i
         out.float().sum().backward()
 
     return timed_rate(step, BATCH, steps, warmup, device)
+
+
+def matmul_peak(precision: str, device: torch.device, size: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of a square ``size`` matmul in ``precision``: the most a GEMM-bound layer can reach."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device).to(dtype)
+    seconds = median_seconds({"matmul": lambda: a @ a}, device, repeats, 0.5)["matmul"]
+    return 2 * size**3 / seconds / 1e9
+
+
+def layer_table(arch: str, cfg_batch: int, precision: str, device: torch.device, chosen: dict) -> list[dict]:
+    """Per layer shape of ``arch``: forward + backward seconds of the library and of the chosen
+    algorithm, timed now at ``cfg_batch`` in ``precision``, and the chosen one's GFLOP/s counted
+    as a direct convolution's work (what FlopCounterMode counts), so that the rows add up."""
+    model = build_model(ModelConfig(arch=arch))
+    rows, seen = [], set()
+    for layer, h, w in conv.layer_inputs(model):
+        key = layer.key(h, w)
+        if key in seen:
+            continue
+        seen.add(key)
+        k, p = layer.kernel_size[0], layer.padding[0]
+        seconds = conv.measure_layer(
+            layer.in_channels, layer.out_channels, k, p, h, w, cfg_batch, precision, device, True
+        )
+        algorithm = chosen.get(key, conv.LIBRARY)
+        flop = 3 * 2 * cfg_batch * layer.out_channels * layer.in_channels * k * k * h * w  # forward + 2 backward
+        rows.append(
+            {
+                "layer": key,
+                "algorithm": algorithm,
+                "library_seconds": seconds[conv.LIBRARY],
+                "seconds": seconds[algorithm],
+                "gflops": flop / seconds[algorithm] / 1e9,
+                "library_gflops": flop / seconds[conv.LIBRARY] / 1e9,
+            }
+        )
+    total = sum(r["seconds"] for r in rows)
+    for r in rows:
+        r["share"] = r["seconds"] / total
+    return rows
 
 
 def tensorboard_cost(points: int = 5000, evaluations: int = 5) -> dict:
@@ -214,6 +265,7 @@ def reproduce_estimates(rates: dict) -> dict:
             estimates[experiment.name] = {
                 p: {"seconds": reproduce_estimate(experiment, p, rates), "seeds": experiment.profiles[p].seeds}
                 for p in experiment.profiles
+                if experiment.profiles[p].precision in {"auto", *(q for r in rates.values() for q in r)}
             }
     return estimates
 
@@ -226,19 +278,26 @@ def run_bench(
     profile: bool = False,
     echo=print,
     as_json: bool = False,
+    precisions: tuple[str, ...] = PRECISIONS,
 ) -> dict:
+    """``precisions``: which to time centerexp and the ceiling in (what auto picks always is): on
+    a CPU without bf16 units a bf16 measurement takes many minutes and tells little."""
     from centerexp.rundir.provenance import env_info
 
     device = resolve_device(device_name)
     result = {"steps": steps, "warmup": warmup, "batch_size": BATCH, "models": {}}
+    result["matmul_gflops"] = {}  # for the precisions timed on a net with convolutions
     rates = {}
     for arch in archs:
         flop = flop_per_image(arch, device)
         plain = plain_loop_rate(arch, device, steps, warmup)
-        ours = {p: centerexp_rates(arch, p, device_name, steps, warmup) for p in PRECISIONS}
         auto = Runtime.from_config(bench_config(arch, "auto", device_name))  # measured once, then cached
-        ceiling = {p: conv_stack_ceiling(arch, p, device, steps, warmup) for p in PRECISIONS}
-        rates[arch] = {p: {"train": ours[p]["train"], "eval": ours[p]["eval"]} for p in PRECISIONS}
+        timed = tuple(p for p in PRECISIONS if p in precisions or p == auto.precision)
+        ours = {p: centerexp_rates(arch, p, device_name, steps, warmup) for p in timed}
+        ceiling = {p: conv_stack_ceiling(arch, p, device, steps, warmup) for p in timed}
+        chosen = ours[auto.precision]["conv_algorithms"]
+        fast_ceiling = conv_stack_ceiling(arch, auto.precision, device, steps, warmup, chosen)
+        rates[arch] = {p: {"train": ours[p]["train"], "eval": ours[p]["eval"]} for p in timed}
         rates[arch]["auto"] = rates[arch][auto.precision]
         result["env"] = env_info(auto)
         m = {
@@ -246,8 +305,9 @@ def run_bench(
             "plain_fp32_images_per_s": plain,
             "auto_precision": auto.precision,
             "auto_choice": auto.precision_choice,
+            "precisions": timed,
         }
-        for p in PRECISIONS:
+        for p in timed:
             train_rate = ours[p]["train"]
             m[f"centerexp_{p}_images_per_s"] = train_rate
             m[f"centerexp_{p}_vs_plain"] = train_rate / plain
@@ -258,6 +318,19 @@ def run_bench(
             m[f"seconds_per_epoch_{p}"] = MNIST_TRAIN_IMAGES / train_rate + MNIST_TEST_IMAGES / ours[p]["eval"]
         m["centerexp_auto_images_per_s"] = m[f"centerexp_{auto.precision}_images_per_s"]
         m["centerexp_auto_vs_plain"] = m[f"centerexp_{auto.precision}_vs_plain"]
+        if ceiling[auto.precision]:
+            for p in timed:
+                if p not in result["matmul_gflops"]:
+                    result["matmul_gflops"][p] = matmul_peak(p, device)
+            m["centerexp_auto_vs_library_ceiling"] = m["centerexp_auto_images_per_s"] / ceiling[auto.precision]
+            m["chosen_ceiling_images_per_s"] = fast_ceiling
+            m["conv_layers"] = layer_table(arch, BATCH, auto.precision, device, chosen)
+            peak = result["matmul_gflops"][auto.precision]
+            for row in m["conv_layers"]:
+                row["fraction_of_matmul_peak"] = row["gflops"] / peak
+            stack_flop = sum(r["gflops"] * r["seconds"] for r in m["conv_layers"]) / BATCH  # GFLOP per image
+            m["library_ceiling_fraction_of_matmul_peak"] = ceiling[auto.precision] * stack_flop / peak
+            m["chosen_ceiling_fraction_of_matmul_peak"] = fast_ceiling * stack_flop / peak
         result["models"][arch] = m
     result["reproduce_estimates"] = reproduce_estimates(rates)
     result["tensorboard"] = tensorboard_cost()
@@ -311,7 +384,7 @@ def format_bench(r: dict) -> str:
             f"{arch:8} {'plain (seed) fp32':18} {m['plain_fp32_images_per_s']:8.1f} {'1.00x':>9} "
             f"{m['plain_fp32_images_per_s'] * m['gflop_per_image']:8.0f}"
         )
-        for p in PRECISIONS:
+        for p in m.get("precisions", PRECISIONS):
             mark = " <- auto" if p == m["auto_precision"] else ""
             lines.append(
                 f"{'':8} {'centerexp ' + p:18} {m[f'centerexp_{p}_images_per_s']:8.1f} "
@@ -321,6 +394,32 @@ def format_bench(r: dict) -> str:
             )
         lines.append(f"{'':8} auto picks {m['auto_precision']}{why}; {m['gflop_per_image']:.2f} GFLOP per image")
     lines.append("s/epoch: 60,000 training + 10,000 test images at the measured rates.")
+    if r.get("matmul_gflops"):
+        mm = r["matmul_gflops"]
+        shown = ", ".join(f"{p} {gflops:.0f} GFLOP/s" for p, gflops in mm.items())
+        lines.append(f"matmul peak (2048^3, this sitting): {shown}")
+    for arch, m in r["models"].items():
+        if not m.get("conv_layers"):
+            continue
+        p = m["auto_precision"]
+        lines.append(
+            f"{arch} in {p}: conv stack {_rate(m[f'ceiling_{p}_images_per_s'])} img/s with the library "
+            f"({_pct(m['library_ceiling_fraction_of_matmul_peak'])} of the matmul peak), "
+            f"{_rate(m['chosen_ceiling_images_per_s'])} img/s with the chosen algorithms "
+            f"({_pct(m['chosen_ceiling_fraction_of_matmul_peak'])}); training {m['centerexp_auto_images_per_s']:.1f} img/s "
+            f"= {m['centerexp_auto_vs_library_ceiling']:.2f}x the library ceiling, "
+            f"{m['centerexp_auto_vs_plain']:.2f}x the plain loop"
+        )
+        lines.append(
+            f"  {'layer':24} {'algorithm':9} {'ms':>8} {'GFLOP/s':>8} {'% of peak':>9} {'share':>6} {'vs library':>10}"
+        )
+        for row in m["conv_layers"]:
+            lines.append(
+                f"  {row['layer']:24} {row['algorithm']:9} {1000 * row['seconds']:8.0f} {row['gflops']:8.0f} "
+                f"{_pct(row['fraction_of_matmul_peak']):>9} {_pct(row['share']):>6} "
+                f"{row['library_seconds'] / row['seconds']:9.2f}x"
+            )
+        lines.append("  (forward + backward at batch 256; GFLOP/s counts a direct convolution's work)")
     if r.get("reproduce_estimates"):
         lines.append(
             "estimated `centerexp reproduce EXPERIMENT --profile P` here (training + evaluation at these rates):"

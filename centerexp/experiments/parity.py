@@ -1,10 +1,13 @@
-"""`centerexp parity`: does bf16 train like fp32? The same config and seeds in both, compared in pairs.
+"""`centerexp parity`: does a faster way to compute train like the reference way? The same config
+and seeds both ways, compared in pairs.
 
+Two comparisons ship (COMPARISONS): ``precision`` (bf16 against fp32) and ``conv`` (the
+convolution algorithms ``train.conv_algo: auto`` picks on this machine against the library's).
 With the same ``train.seed`` the two runs of a pair start from the same weights and centers and
-see the same batches; only the arithmetic differs. So the per-seed difference (bf16 - fp32) is
-the unit, and its mean gets a paired t 95% interval (``stats.paired_test``), for the primary
-metric of the shipped claims (area under test accuracy vs step) and for the final test accuracy. An
-interval that contains 0 bounds the difference; it does not prove there is none.
+see the same batches; only the arithmetic differs. So the per-seed difference (candidate -
+reference) is the unit, and its mean gets a paired t 95% interval (``stats.paired_test``), for the
+primary metric of the shipped claims (area under test accuracy vs step) and for the final test
+accuracy. An interval that contains 0 bounds the difference; it does not prove there is none.
 
 The default profile is the quick profile's dynamics (batch 64 with lamda scaled to 0.25) at twice
 its length: 1,920 images x 6 epochs = 180 steps, 2.6% of the full recipe. It says nothing about
@@ -13,6 +16,7 @@ the last epochs of a full run, where accuracy differences of a few tenths of a p
 
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from centerexp.analysis.metrics import METRICS
@@ -23,7 +27,22 @@ from centerexp.sweeps.jobs import LaunchOptions
 from centerexp.sweeps.launch import launch
 from centerexp.sweeps.spec import RunSpec, run_state
 
-PRECISIONS = ("fp32", "bf16")
+
+@dataclass(frozen=True)
+class Comparison:
+    key: str  # the config key whose two values are compared
+    reference: str
+    candidate: str
+
+    @property
+    def values(self) -> tuple[str, str]:
+        return self.reference, self.candidate
+
+
+COMPARISONS = {
+    "precision": Comparison("train.precision", "fp32", "bf16"),
+    "conv": Comparison("train.conv_algo", "library", "auto"),
+}
 PROFILE = [
     "train.epochs=6",
     "train.batch_size=64",
@@ -34,12 +53,12 @@ PROFILE = [
 ]
 
 
-def parity_specs(config: Path, seeds: int, runs_dir: Path, extra: list[str]) -> list[RunSpec]:
+def parity_specs(config: Path, seeds: int, runs_dir: Path, extra: list[str], comparison: Comparison) -> list[RunSpec]:
     specs = []
     for seed in range(seeds):
-        for precision in PRECISIONS:
-            run_dir = Path(runs_dir) / f"{Path(config).stem}_{precision}_s{seed}"
-            overrides = (*PROFILE, *extra, f"train.precision={precision}", f"train.seed={seed}")
+        for value in comparison.values:
+            run_dir = Path(runs_dir) / f"{Path(config).stem}_{value}_s{seed}"
+            overrides = (*PROFILE, *extra, f"{comparison.key}={value}", f"train.seed={seed}")
             state = run_state(run_dir, config, overrides, "this parity profile")
             specs.append(RunSpec(Path(config), overrides, run_dir, state, "centerexp parity"))
     return specs
@@ -81,48 +100,60 @@ def parity(
     progress=None,
     echo=print,
     launcher: LaunchOptions | None = None,
+    compare: str = "precision",
 ) -> dict:
-    """Train the missing runs (with any launcher), then compare bf16 with fp32 seed by seed; writes parity.json."""
-    specs = parity_specs(config, seeds, runs_dir, list(extra))
+    """Train the missing runs (with any launcher), then compare ``COMPARISONS[compare]``'s candidate
+    with its reference seed by seed; writes parity.json."""
+    comparison = COMPARISONS[compare]
+    specs = parity_specs(config, seeds, runs_dir, list(extra), comparison)
     launch(specs, (launcher or LaunchOptions()).check(), Path(runs_dir), progress, echo)
-    figures = {p: [pair_figures(s.run_dir) for s in specs if f"train.precision={p}" in s.overrides] for p in PRECISIONS}
-    result = {"config": str(config), "profile": PROFILE + list(extra), "seeds": seeds, "metrics": {}}
+    figures = {
+        v: [pair_figures(s.run_dir) for s in specs if f"{comparison.key}={v}" in s.overrides] for v in comparison.values
+    }
+    reference, candidate = figures[comparison.reference], figures[comparison.candidate]
+    result = {
+        "config": str(config),
+        "compared": comparison.key,
+        "reference": comparison.reference,
+        "candidate": comparison.candidate,
+        "profile": PROFILE + list(extra),
+        "seeds": seeds,
+        "metrics": {},
+    }
     for key, name in (("auc", METRICS["acc_auc"].meaning), ("final_test_acc", "final test accuracy")):
-        t = paired_test([f[key] for f in figures["bf16"]], [f[key] for f in figures["fp32"]])
+        t = paired_test([f[key] for f in candidate], [f[key] for f in reference])
         result["metrics"][key] = {
             "name": name,
-            "diff_bf16_minus_fp32": t.diff,
+            "difference": t.diff,  # candidate - reference
             "ci_low": t.ci_low,
             "ci_high": t.ci_high,
             "n": t.n_a,
-            "failed_bf16": t.failed_a,
-            "failed_fp32": t.failed_b,
-            "mean_bf16": t.mean_a,
-            "mean_fp32": t.mean_b,
+            "failed_candidate": t.failed_a,
+            "failed_reference": t.failed_b,
+            "mean_candidate": t.mean_a,
+            "mean_reference": t.mean_b,
         }
     speed = [
-        f32["train_seconds"] / bf["train_seconds"]
-        for f32, bf in zip(figures["fp32"], figures["bf16"])
-        if finite(f32["train_seconds"]) and finite(bf["train_seconds"])
+        ref["train_seconds"] / cand["train_seconds"]
+        for ref, cand in zip(reference, candidate)
+        if finite(ref["train_seconds"]) and finite(cand["train_seconds"])
     ]
     result["per_seed"] = figures
-    result["bf16_speedup"] = statistics.fmean(speed) if speed else float("nan")
+    result["speedup"] = statistics.fmean(speed) if speed else float("nan")  # reference time / candidate time
     write_json(Path(runs_dir) / "parity.json", _json_safe(result))
     echo(format_parity(result))
     return result
 
 
 def format_parity(r: dict) -> str:
-    lines = [f"bf16 vs fp32, {r['config']}, {r['seeds']} paired seeds, {' '.join(r['profile'])}"]
+    ref, cand = r["reference"], r["candidate"]
+    lines = [f"{r['compared']}: {cand} vs {ref}, {r['config']}, {r['seeds']} paired seeds, {' '.join(r['profile'])}"]
     for m in r["metrics"].values():
+        failed = m["failed_candidate"] + m["failed_reference"]
         lines.append(
-            f"  {m['name']}: bf16 {m['mean_bf16']:.4f}, fp32 {m['mean_fp32']:.4f}, difference "
-            f"{m['diff_bf16_minus_fp32']:+.4f}, 95% CI [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] (paired t, n={m['n']}"
-            + (
-                f", failed: bf16 {m['failed_bf16']}, fp32 {m['failed_fp32']})"
-                if m["failed_bf16"] + m["failed_fp32"]
-                else ")"
-            )
+            f"  {m['name']}: {cand} {m['mean_candidate']:.4f}, {ref} {m['mean_reference']:.4f}, difference "
+            f"{m['difference']:+.4f}, 95% CI [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] (paired t, n={m['n']}"
+            + (f", failed: {cand} {m['failed_candidate']}, {ref} {m['failed_reference']})" if failed else ")")
         )
-    lines.append(f"  training time per epoch, fp32 / bf16: {r['bf16_speedup']:.2f}x")
+    lines.append(f"  training time per epoch, {ref} / {cand}: {r['speedup']:.2f}x")
     return "\n".join(lines)

@@ -56,6 +56,8 @@ def env_info(runtime) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "precision": runtime.precision,
         "precision_choice": runtime.precision_choice,
+        "conv_algorithms": runtime.conv_algorithms,
+        "conv_choice": runtime.conv_choice,
         "channels_last": runtime.channels_last,
         "deterministic": runtime.deterministic,
         "cuda": torch.version.cuda,

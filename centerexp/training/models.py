@@ -4,14 +4,16 @@ import torch
 from torch import nn
 
 from centerexp.config import ModelConfig
+from centerexp.training.conv import Conv2d
 
 
 class ConvLayer(nn.Sequential):
-    """Conv2d without bias (BatchNorm supplies the shift) -> BatchNorm2d -> ReLU, as in the seed."""
+    """Conv2d without bias (BatchNorm supplies the shift) -> BatchNorm2d -> ReLU, as in the seed.
+    The Conv2d is nn.Conv2d with a choice of algorithm per input size (conv.py)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
+            Conv2d(in_channels, out_channels, kernel_size, padding),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -22,7 +24,7 @@ def _stack(widths: list[list[int]]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for group in widths:
         for c_in, c_out in zip(group, group[1:]):
-            layers.append(ConvLayer(c_in, c_out, 5, 1, 2))
+            layers.append(ConvLayer(c_in, c_out, 5, 2))
         layers.append(nn.MaxPool2d(2, 2))
     return nn.Sequential(*layers)
 

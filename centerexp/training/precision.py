@@ -4,47 +4,21 @@ CPU flags do not predict it: bf16 convolutions were ~3x fp32 on a Xeon with AMX,
 Zen 4 with AVX512-BF16 and no AMX, and slower than fp32 on a Sapphire Rapids VM with AVX512-BF16
 but no AMX exposed. So the first run of a model on a machine times a few training steps in both
 precisions and caches the rates; bf16 is chosen only when it is at least MIN_SPEEDUP times fp32,
-which keeps ``auto`` from ever losing to fp32 by more than measurement noise.
+which keeps ``auto`` from ever losing to fp32 by more than measurement noise (speedcache.py).
 
 On CUDA the rule is by compute capability: bf16 tensor cores from sm_80 (Ampere) on.
 """
-
-import contextlib
-import json
-import os
-import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from centerexp.config import Config
-from centerexp.errors import CenterexpError
+from centerexp.training.speedcache import median_seconds, remembered
 
 MIN_SPEEDUP = 1.2
-CACHE_FILE = "precision-cache.json"
 PROBE_BATCH = 32  # small enough for a few seconds on 2 cores, large enough to keep the conv kernels busy
 PROBE_STEPS = 3  # timed steps per precision at least, interleaved, after one warm-up step each
 PROBE_MIN_SECONDS = 1.0  # and at least this long in all, so that fast steps are not timed by noise
-
-
-def machine_signature(threads: int) -> dict:
-    """What a CPU measurement depends on: CPU model, cores and threads, torch version, architecture."""
-    from centerexp.rundir.provenance import cpu_model
-
-    return {
-        "device": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-    }
-
-
-def cache_key(signature: dict, arch: str, channels_last: bool) -> str:
-    return "|".join([*(str(v) for v in signature.values()), arch, "nhwc" if channels_last else "nchw"])
 
 
 def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -> dict[str, float]:
@@ -62,34 +36,16 @@ def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         y = torch.randint(0, 10, (PROBE_BATCH,), device=device)
 
-        def step(precision: str) -> float:
-            start = time.perf_counter()
+        def step(precision: str) -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 _, logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter() - start
 
-        times = {"fp32": [], "bf16": []}
-        for p in times:
-            step(p)  # warm-up: oneDNN picks and caches its kernels per precision and shape
-        start = time.perf_counter()
-        while len(times["fp32"]) < PROBE_STEPS or time.perf_counter() - start < PROBE_MIN_SECONDS:
-            for p in times:
-                times[p].append(step(p))
-    return {p: PROBE_BATCH / statistics.median(t) for p, t in times.items()}
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}  # missing or damaged: measure again
+        seconds = median_seconds({p: lambda p=p: step(p) for p in ("fp32", "bf16")}, device, PROBE_STEPS, PROBE_MIN_SECONDS)
+    return {p: PROBE_BATCH / s for p, s in seconds.items()}
 
 
 def choose_precision(cfg: Config, device: torch.device, channels_last: bool, measure=None) -> tuple[str, dict]:
@@ -105,23 +61,8 @@ def choose_precision(cfg: Config, device: torch.device, channels_last: bool, mea
     if cfg.model.arch == "linear":  # the linear net computes in fp32 under autocast: nothing to gain
         return "fp32", {"mode": "auto: the linear net runs in fp32", "chosen": "fp32"}
 
-    from centerexp.rundir.io import write_json
-    from centerexp.training.data import data_root
-
-    signature = machine_signature(torch.get_num_threads())
-    key = cache_key(signature, cfg.model.arch, channels_last)
-    path = data_root(cfg.data) / CACHE_FILE
-    cache = _read_cache(path)
-    cached = key in cache
-    if cached:
-        rates = cache[key]["images_per_second"]
-    else:
-        rates = (measure or measure_step_rates)(cfg, device, channels_last)
-        cache[key] = {"images_per_second": rates, **signature, "arch": cfg.model.arch}
-        # A read-only cache folder only costs a re-measurement next time.
-        with contextlib.suppress(OSError, CenterexpError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, cache)
+    what = ["precision", cfg.model.arch, "nhwc" if channels_last else "nchw"]
+    rates, cached, path = remembered(cfg, what, lambda: (measure or measure_step_rates)(cfg, device, channels_last))
     speedup = rates["bf16"] / rates["fp32"]
     chosen = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
     return chosen, {

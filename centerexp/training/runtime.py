@@ -1,4 +1,5 @@
-"""Where and how a run computes: device, precision, memory format, threads, determinism, RNG state.
+"""Where and how a run computes: device, precision, memory format, convolution algorithms,
+threads, determinism, RNG state.
 
 ``Runtime.from_config`` is called once per run (and by bench); the trainer and the evaluation
 take the resulting object instead of a list of loose flags.
@@ -13,6 +14,7 @@ import torch
 
 from centerexp.config import Config
 from centerexp.errors import CenterexpError
+from centerexp.training.conv import choose_algorithms
 from centerexp.training.precision import choose_precision
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, restored when train.threads is null
@@ -26,17 +28,27 @@ class Runtime:
     threads: int  # torch intra-op threads
     deterministic: bool
     precision_choice: dict = field(default_factory=dict, compare=False)  # how "auto" decided, for env.json
+    conv_algorithms: dict = field(default_factory=dict)  # layer shape key -> algorithm (conv.py)
+    conv_choice: dict = field(default_factory=dict, compare=False)  # how they were chosen, for env.json
 
     @classmethod
     def from_config(
-        cls, cfg: Config, *, threads: int | None = None, precision: str | None = None, measure=None
+        cls,
+        cfg: Config,
+        *,
+        threads: int | None = None,
+        precision: str | None = None,
+        conv_algorithms: dict | None = None,
+        measure=None,
+        measure_conv=None,
     ) -> "Runtime":
         """Resolve "auto" settings and apply the process-wide ones (threads, determinism).
 
         ``threads``: the intra-op thread count, ahead of ``train.threads`` and torch's default;
-        ``precision``: what ``auto`` resolved to when the run started. A resumed run passes both, as
-        it was trained with them (its bits depend on them). ``measure`` replaces the precision
-        measurement (tests inject one); see precision.py.
+        ``precision``, ``conv_algorithms``: what ``auto`` resolved to when the run started. A
+        resumed run passes all three, as it was trained with them (its bits depend on them).
+        ``measure``, ``measure_conv`` replace the precision and convolution measurements (tests
+        inject them); see precision.py and conv.py.
         """
         device = resolve_device(cfg.train.device)
         threads = threads or cfg.train.threads or DEFAULT_THREADS
@@ -47,13 +59,28 @@ class Runtime:
             choice = {"mode": "auto, resolved when the run started (env.json)", "chosen": precision}
         else:
             precision, choice = choose_precision(cfg, device, channels_last, measure=measure)
-        return cls(device, precision, channels_last, threads, cfg.train.deterministic, choice)
+        if conv_algorithms is not None and cfg.train.conv_algo == "auto":
+            conv_choice = {"mode": "auto, resolved when the run started (env.json)"}
+        else:
+            conv_algorithms, conv_choice = resolve_conv_algorithms(cfg, device, channels_last, precision, measure_conv)
+        return cls(
+            device, precision, channels_last, threads, cfg.train.deterministic, choice, conv_algorithms, conv_choice
+        )
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def resolve_conv_algorithms(cfg: Config, device, channels_last: bool, precision: str, measure) -> tuple[dict, dict]:
+    """conv.choose_algorithms on the layer shapes of ``cfg.model`` (none for the linear net)."""
+    from centerexp.training.models import build_model
+
+    with torch.random.fork_rng(devices=[]):  # the run seeds its model after this; leave no trace
+        model = build_model(cfg.model)
+    return choose_algorithms(cfg, model, device, channels_last, precision, measure)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -42,6 +42,7 @@ from centerexp.rundir.measures import compactness
 from centerexp.rundir.provenance import env_info
 from centerexp.rundir.records import MetricsLog, RunSummary
 from centerexp.training.checkpoints import Position, checkpoint_dict, fingerprint, resume_point
+from centerexp.training.conv import use_algorithms
 from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist, to_float
 from centerexp.training.losses import AuxiliaryLoss, build_aux_loss
 from centerexp.training.models import build_model
@@ -74,11 +75,16 @@ class Parts:
     shuffle: torch.Generator
 
 
-def build_parts(cfg: Config, device: torch.device, channels_last: bool = False) -> Parts:
-    """Model and centers drawn from the (already seeded) global RNG; shuffle order from its own generator."""
+def build_parts(
+    cfg: Config, device: torch.device, channels_last: bool = False, conv_algorithms: dict | None = None
+) -> Parts:
+    """Model and centers drawn from the (already seeded) global RNG; shuffle order from its own
+    generator. ``conv_algorithms``: see Runtime (None: the library everywhere)."""
     model = build_model(cfg.model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if conv_algorithms:
+        use_algorithms(model, conv_algorithms)
     aux_loss = build_aux_loss(cfg.loss, NUM_CLASSES, cfg.model.feat_dim).to(device)
     # foreach: one fused kernel sequence per step instead of one per parameter tensor.
     if cfg.train.optimizer == "sgd":
@@ -287,12 +293,13 @@ def train(
     lock: RunLock | None = None,
     threads: int | None = None,
     precision: str | None = None,
+    conv_algorithms: dict | None = None,
 ) -> dict:
     """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
 
     Holds the run folder's lock throughout (RunBusy if another process trains it); ``lock``: one
-    this process already holds (taken when the folder was created). ``threads``, ``precision``:
-    see Runtime.from_config. Returns the
+    this process already holds (taken when the folder was created). ``threads``, ``precision``,
+    ``conv_algorithms``: see Runtime.from_config. Returns the
     final summary; raises CenterexpError, with the run marked failed or interrupted in
     summary.json, when the run cannot finish.
     """
@@ -300,16 +307,20 @@ def train(
     held = lock or RunLock(run_dir).acquire()
     try:
         remove_stale_temp_files(run_dir)  # left by a process killed mid-write
-        return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress, threads, precision)
+        return _train_locked(
+            cfg, run_dir, resume, allow_config_change, command, progress, threads, precision, conv_algorithms
+        )
     finally:
         held.release()
 
 
-def starting_point(cfg: Config, device: torch.device, channels_last: bool) -> tuple[Parts, Split, Split]:
+def starting_point(
+    cfg: Config, device: torch.device, channels_last: bool, conv_algorithms: dict | None = None
+) -> tuple[Parts, Split, Split]:
     """Seeds, data, model, centers and optimizers, as a run starts (before any checkpoint)."""
     seed_everything(cfg.train.seed)
     train_set, test_set = load_mnist(cfg.data, cfg.train.seed, device)
-    return build_parts(cfg, device, channels_last), train_set, test_set
+    return build_parts(cfg, device, channels_last, conv_algorithms), train_set, test_set
 
 
 def fingerprint_of(cfg: Config) -> dict:
@@ -319,11 +330,12 @@ def fingerprint_of(cfg: Config) -> dict:
 
 
 def _train_locked(
-    cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads, precision
+    cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads, precision,
+    conv_algorithms,
 ):
     progress = sys.stderr.isatty() if progress is None else progress
-    rt = Runtime.from_config(cfg, threads=threads, precision=precision)
-    parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last)
+    rt = Runtime.from_config(cfg, threads=threads, precision=precision, conv_algorithms=conv_algorithms)
+    parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last, rt.conv_algorithms)
     ckpt_path = run_dir / files.CHECKPOINT
     pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
     if pos.step == 0:  # a fresh start: what a paired comparison must share with this run's partner
@@ -431,6 +443,15 @@ def start_run(
     return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock, threads=threads)
 
 
+def recorded_conv_algorithms(run_dir: Path) -> dict | None:
+    """The algorithms env.json says the run trained with; {} (the library) for a run made before
+    they were recorded; None (choose now) for one that never wrote env.json."""
+    chosen = recorded(run_dir, "conv_algorithms")
+    if chosen is None and (run_dir / files.ENV).exists():
+        return {}
+    return chosen
+
+
 def resume_run(
     run_dir: Path,
     overrides: list[str] = (),
@@ -441,8 +462,9 @@ def resume_run(
 ) -> tuple[Path, dict]:
     """Continue a run from its last checkpoint, with its own config.yaml (plus overrides).
 
-    It trains on with the thread count and the precision (when ``auto``) it last trained with
-    (env.json), so that it continues bit for bit on the same machine. ``threads``, or a
+    It trains on with the thread count, and the precision and convolution algorithms (when
+    ``auto``), it last trained with (env.json), so that it continues bit for bit on the same
+    machine; a run made before conv_algorithms were recorded trains on with the library's. ``threads``, or a
     ``train.threads`` among ``overrides``, chooses another count, which env.json's history records.
     """
     run_dir = Path(run_dir)
@@ -463,5 +485,6 @@ def resume_run(
         progress=progress,
         threads=threads,
         precision=recorded(run_dir, "precision"),
+        conv_algorithms=recorded_conv_algorithms(run_dir),
     )
     return run_dir, summary

@@ -1,0 +1,252 @@
+"""Convolution algorithms for the ConvLayers, each exact in maths, chosen per layer shape.
+
+The library (oneDNN on CPU, cuDNN on CUDA) runs the 28x28 and 14x14 layers near matmul speed but
+not the 7x7 and 3x3 ones: a 5x5 kernel with padding 2 on a tiny map is mostly padding. Two other
+ways to compute the same linear map:
+
+- ``toeplitz``: on a map no larger than the kernel (3x3 here) every output sees every input, so
+  the layer is one dense matrix from ``cin*h*w`` to ``cout*h*w`` values. Its entries are the
+  kernel's taps, gathered from the weight inside autograd at every step; then one GEMM.
+- ``fft``: the convolution theorem on an ``N1 x N2`` grid just large enough that the circular
+  wrap-around only ever reads zeros (N = h + padding for a kernel of 2*padding+1). Transform,
+  multiply frequency by frequency (a batched complex GEMM over channels), transform back. The
+  transforms are small fixed real matrices (built from torch.fft on unit vectors), so all three
+  phases are GEMMs: for 5x5 on 7x7 the per-frequency products do ~6x fewer multiply-adds than
+  direct convolution. Under autocast only the per-frequency products run in bf16; the transforms
+  stay in fp32, which is where a Fourier method loses precision.
+
+``Conv2d`` is ``nn.Conv2d`` with the same parameters and state_dict (checkpoints and old runs load
+unchanged) and a per-input-size choice of algorithm, set by ``use_algorithms``.
+``choose_algorithms`` decides it for ``train.conv_algo: auto`` by timing forward + backward of
+every algorithm that applies on the run's own layer shapes, batch size and precision, once per
+machine (speedcache.py); an algorithm is chosen only when it is at least MIN_SPEEDUP times as
+fast as the library, so that auto never loses to the library by more than timing noise. On CUDA
+auto keeps cuDNN: nothing here has been measured on a GPU.
+"""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from centerexp.config import Config
+from centerexp.training.speedcache import median_seconds, remembered
+
+LIBRARY = "library"
+ALGORITHMS = (LIBRARY, "toeplitz", "fft")
+MIN_SPEEDUP = 1.1  # over the library; repeated timings of one layer on a busy 2-core VM spread by a few %
+PROBE_REPEATS = 3  # timed forward + backward passes per algorithm at least, interleaved
+PROBE_MIN_SECONDS = 0.3  # and at least this long per layer shape in all
+
+
+def shape_key(c_in: int, c_out: int, kernel: int, padding: int, height: int, width: int) -> str:
+    """One name per layer shape, used in the speed cache and env.json: "512->256 k5p2 @3x3"."""
+    return f"{c_in}->{c_out} k{kernel}p{padding} @{height}x{width}"
+
+
+def applies(algorithm: str, kernel: int, padding: int, height: int, width: int) -> bool:
+    """Whether ``algorithm`` computes this (stride 1, square kernel) layer; the library always does."""
+    if algorithm == "toeplitz":  # dense only pays where the map is no bigger than the kernel
+        return height * width <= kernel * kernel
+    if algorithm == "fft":
+        return padding < kernel
+    return algorithm == LIBRARY
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense Toeplitz
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_index(height: int, width: int, kernel: int, padding: int, device: torch.device) -> torch.Tensor:
+    """(h*w outputs, h*w inputs) -> which of the kernel's taps joins them; kernel*kernel: none (zero)."""
+    out_i, out_j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    a = torch.arange(height).view(1, -1, 1) - out_i.reshape(-1, 1, 1) + padding  # kernel row
+    b = torch.arange(width).view(1, 1, -1) - out_j.reshape(-1, 1, 1) + padding  # kernel column
+    inside = (a >= 0) & (a < kernel) & (b >= 0) & (b < kernel)
+    tap = torch.where(inside, a * kernel + b, torch.full_like(a, kernel * kernel))
+    return tap.reshape(height * width, height * width).to(device)
+
+
+def toeplitz_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    n, c_in, h, w = x.shape
+    c_out, k = weight.shape[0], weight.shape[-1]
+    taps = torch.cat([weight.reshape(c_out, c_in, k * k), weight.new_zeros(c_out, c_in, 1)], dim=2)
+    dense = taps[:, :, _tap_index(h, w, k, padding, x.device)]  # (cout, cin, hw out, hw in)
+    # Rows and columns ordered (position, channel): a channels_last x is then a plain view.
+    dense = dense.permute(2, 0, 3, 1).reshape(h * w * c_out, h * w * c_in)
+    y = x.permute(0, 2, 3, 1).reshape(n, h * w * c_in) @ dense.T
+    return y.view(n, h, w, c_out).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+
+
+# ---------------------------------------------------------------------------------------------
+# FFT as three GEMMs
+
+
+@functools.lru_cache(maxsize=None)
+def _fourier_matrices(height: int, width: int, kernel: int, padding: int, dtype: torch.dtype, device: torch.device):
+    """(forward (2F, hw), kernel (2F, k*k), inverse real part (hw, F), inverse imaginary part (hw, F))
+    for the F frequencies of a real 2-D DFT; rows of the first two: all real parts, then all
+    imaginary parts. Built in float64 from torch.fft applied to unit vectors."""
+    n1 = max(height + padding, height + kernel - 1 - padding)
+    n2 = max(width + padding, width + kernel - 1 - padding)
+    units = torch.eye(height * width, dtype=torch.float64).view(-1, height, width)
+    forward = torch.fft.rfft2(units, s=(n1, n2)).reshape(height * width, -1).T  # (F, hw)
+    frequencies = forward.shape[0]
+    taps = torch.zeros(kernel * kernel, n1, n2, dtype=torch.float64)
+    for a in range(kernel):
+        for b in range(kernel):
+            taps[a * kernel + b, (a - padding) % n1, (b - padding) % n2] = 1
+    # Conv2d is a cross-correlation: the input's spectrum times the kernel's conjugate spectrum.
+    kernel_spectrum = torch.fft.rfft2(taps).reshape(kernel * kernel, -1).T.conj()  # (F, k*k)
+    unit_spectra = torch.eye(frequencies, dtype=torch.complex128).view(frequencies, n1, -1)
+    back_real = torch.fft.irfft2(unit_spectra, s=(n1, n2))[:, :height, :width].reshape(frequencies, -1)
+    back_imag = torch.fft.irfft2(1j * unit_spectra, s=(n1, n2))[:, :height, :width].reshape(frequencies, -1)
+    stack = lambda z: torch.cat([z.real, z.imag]).to(dtype=dtype, device=device).contiguous()  # noqa: E731
+    as_matrix = lambda m: m.T.contiguous().to(dtype=dtype, device=device)  # noqa: E731
+    return stack(forward), stack(kernel_spectrum), as_matrix(back_real), as_matrix(back_imag)
+
+
+def fft_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    n, c_in, h, w = x.shape
+    c_out, k = weight.shape[0], weight.shape[-1]
+    kind = x.device.type
+    product_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    with torch.autocast(kind, enabled=False):
+        x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+        to_freq, kernel_to_freq, back_real, back_imag = _fourier_matrices(h, w, k, padding, x.dtype, x.device)
+        f = back_real.shape[1]
+        spectrum = (to_freq @ x.permute(2, 3, 0, 1).reshape(h * w, n * c_in)).view(2, f, n, c_in)
+        w_spectrum = (kernel_to_freq @ weight.to(x.dtype).reshape(c_out * c_in, k * k).T).view(2, f, c_out, c_in)
+        w_spectrum = w_spectrum.transpose(2, 3)  # (2, F, cin, cout)
+        if product_dtype is not None:
+            spectrum, w_spectrum = spectrum.to(product_dtype), w_spectrum.to(product_dtype)
+        (xr, xi), (wr, wi) = spectrum, w_spectrum
+        yr = torch.baddbmm(torch.bmm(xr, wr), xi, wi, alpha=-1)  # (F, n, cout): complex product, real part
+        yi = torch.baddbmm(torch.bmm(xr, wi), xi, wr)  # and imaginary part
+        yr, yi = yr.reshape(f, n * c_out).to(x.dtype), yi.reshape(f, n * c_out).to(x.dtype)
+        y = torch.addmm(back_real @ yr, back_imag, yi).view(h, w, n, c_out)
+    y = y.permute(2, 3, 0, 1).contiguous(memory_format=torch.channels_last)
+    return y if product_dtype is None else y.to(product_dtype)
+
+
+FUNCTIONS = {
+    LIBRARY: lambda x, weight, padding: F.conv2d(x, weight, padding=padding),
+    "toeplitz": toeplitz_conv,
+    "fft": fft_conv,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (stride 1, no bias, square kernel, as the ConvLayers use) that runs the algorithm
+    chosen for its input size, the library where none is. Parameters and state_dict are nn.Conv2d's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
+        super().__init__(in_channels, out_channels, kernel_size, stride=1, padding=padding, bias=False)
+        self.algorithms: dict[tuple[int, int], str] = {}  # (height, width) -> algorithm; not state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        algorithm = self.algorithms.get(tuple(x.shape[-2:]), LIBRARY)
+        if algorithm == LIBRARY:
+            return super().forward(x)
+        return FUNCTIONS[algorithm](x, self.weight, self.padding[0])
+
+    def key(self, height: int, width: int) -> str:
+        return shape_key(self.in_channels, self.out_channels, self.kernel_size[0], self.padding[0], height, width)
+
+
+def layer_inputs(model: nn.Module, image_size: tuple[int, int] = (28, 28)) -> list[tuple[Conv2d, int, int]]:
+    """(layer, input height, input width) of each Conv2d in ``model``, from one forward pass of a
+    1-image batch (in eval mode, so that BatchNorm statistics are not touched)."""
+    seen = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: seen.append((m, *args[0].shape[-2:])))
+        for m in model.modules()
+        if isinstance(m, Conv2d)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            parameter = next(model.parameters())
+            model(torch.zeros(1, 1, *image_size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def use_algorithms(model: nn.Module, chosen: dict[str, str]) -> None:
+    """Set each Conv2d's algorithm from ``chosen`` (shape_key -> algorithm); unlisted shapes use the library."""
+    for layer, h, w in layer_inputs(model):
+        layer.algorithms[(h, w)] = chosen.get(layer.key(h, w), LIBRARY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing by measurement
+
+
+def measure_layer(
+    c_in: int, c_out: int, kernel: int, padding: int, height: int, width: int, batch: int, precision: str,
+    device: torch.device, channels_last: bool,
+) -> dict[str, float]:
+    """Median seconds of forward + backward (input and weight gradients) of each algorithm that
+    applies, on random data of this shape, batch size, precision and memory format."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        x = torch.randn(batch, c_in, height, width, device=device)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        x.requires_grad_()
+        weight = torch.randn(c_out, c_in, kernel, kernel, device=device, requires_grad=True)
+
+    def step(algorithm: str) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = FUNCTIONS[algorithm](x, weight, padding)
+        y.float().sum().backward()
+
+    candidates = {a: lambda a=a: step(a) for a in ALGORITHMS if applies(a, kernel, padding, height, width)}
+    return median_seconds(candidates, device, PROBE_REPEATS, PROBE_MIN_SECONDS)
+
+
+def fastest(seconds: dict[str, float]) -> str:
+    """The fastest algorithm if it beats the library by MIN_SPEEDUP, else the library."""
+    best = min(seconds, key=seconds.get)
+    return best if seconds[LIBRARY] >= MIN_SPEEDUP * seconds[best] else LIBRARY
+
+
+def choose_algorithms(
+    cfg: Config, model: nn.Module, device: torch.device, channels_last: bool, precision: str, measure=None
+) -> tuple[dict[str, str], dict]:
+    """({shape_key: algorithm} for every Conv2d of ``model``, how it was chosen). ``measure``
+    replaces ``measure_layer`` (for tests)."""
+    shapes = {layer.key(h, w): (layer, h, w) for layer, h, w in layer_inputs(model)}
+    wanted = cfg.train.conv_algo
+    if wanted != "auto":
+        chosen = {
+            key: wanted if applies(wanted, layer.kernel_size[0], layer.padding[0], h, w) else LIBRARY
+            for key, (layer, h, w) in shapes.items()
+        }
+        return chosen, {"mode": "set in config (the library where it does not apply)"}
+    if device.type == "cuda":
+        return dict.fromkeys(shapes, LIBRARY), {"mode": "auto: cuDNN on CUDA (not measured)"}
+    seconds, from_cache, path = {}, [], None
+    batch, layout = cfg.train.batch_size, "nhwc" if channels_last else "nchw"
+    for key, (layer, h, w) in shapes.items():
+        args = (layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.padding[0], h, w)
+        what = ["conv", key, f"batch {batch}", precision, layout]
+        run = lambda args=args: (measure or measure_layer)(*args, batch, precision, device, channels_last)  # noqa: E731
+        seconds[key], cached, path = remembered(cfg, what, run)
+        from_cache.append(cached)
+    chosen = {key: fastest(s) for key, s in seconds.items()}
+    return chosen, {
+        "mode": f"auto: measured at batch {batch} in {precision}, another algorithm if >= {MIN_SPEEDUP}x the library",
+        "seconds": seconds,
+        "cached": all(from_cache),
+        **({"cache": str(path)} if path else {}),
+    }
