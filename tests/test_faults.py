@@ -10,6 +10,7 @@ milliseconds, not an interpreter start). Two kinds of moments:
 The child runs with train.threads=1, so no OpenMP thread pool crosses the fork.
 """
 
+import json
 import os
 import random
 import shutil
@@ -196,13 +197,22 @@ def test_kill_during_a_resume_then_resume_again(tmp_path, linear_config, linear_
     check_recovers(linear_config, tmp_path, linear_reference[0])
 
 
-def test_conv_net_killed_mid_step_and_mid_checkpoint_resumes_bit_exact(tmp_path):
-    config = write_config(tmp_path / "conv.yaml", base="v1_2", **CONV)
+MID_STEP = ("F.cross_entropy", lambda *a, **k: True, 4)  # 2 steps + 1 evaluation per epoch: epoch 2's first step
+
+
+@pytest.mark.parametrize(
+    "conv_algo, points",
+    [
+        ("auto", [MID_STEP, NAMED_MOMENTS["checkpoint temp file written, epoch 2"]]),  # as measured here
+        ("library", [MID_STEP]),  # oneDNN's convolutions, as every run before conv_algo
+    ],
+)
+def test_conv_net_killed_mid_step_and_mid_checkpoint_resumes_bit_exact(tmp_path, conv_algo, points):
+    config = write_config(tmp_path / "conv.yaml", base="v1_2", **{**CONV, "train": {**CONV["train"], "conv_algo": conv_algo}})
     assert in_child(lambda: start_run(config, [], tmp_path / "ref", "c", progress=False)) == 0
-    # 2 training steps + 1 evaluation per epoch: the 4th cross-entropy is epoch 2's first step.
-    for i, point in enumerate(
-        [("F.cross_entropy", lambda *a, **k: True, 4), NAMED_MOMENTS["checkpoint temp file written, epoch 2"]]
-    ):
+    chosen = json.loads((tmp_path / "ref" / "c" / "env.json").read_text())["conv_algorithms"]
+    assert len(chosen) == 6 and (conv_algo == "auto" or set(chosen.values()) == {"library"})
+    for i, point in enumerate(points):
 
         def victim(runs=tmp_path / f"runs{i}", point=point):
             kill_self_when(*point)

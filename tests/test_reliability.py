@@ -164,6 +164,35 @@ def test_resume_keeps_the_precision_auto_resolved_to(tmp_path, tiny_config):
     assert resumed["precision"] == "bf16" and "resolved when the run started" in resumed["precision_choice"]["mode"]
 
 
+def test_resume_keeps_the_conv_algorithms_and_a_run_from_before_them_resumes_with_the_library(tmp_path):
+    config = write_config(
+        tmp_path / "conv.yaml",
+        base="v1_2",
+        train={"epochs": 1, "batch_size": 16, "threads": 1, "precision": "fp32"},
+        data={"train_subset": 32, "test_subset": 16},
+        plot={"gif": False},
+    )
+    assert cli("train", str(config), "--runs-dir", str(tmp_path), "-q").exit_code == 0
+    run = tmp_path / "conv"
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["conv_algorithms"]) == 6 and "seconds" in env["conv_choice"]  # auto measured (or read the cache)
+    everything_fft = dict.fromkeys(env["conv_algorithms"], "fft")  # as if this machine had chosen fft throughout
+    (run / "env.json").write_text(json.dumps({**env, "conv_algorithms": everything_fft}))
+    assert cli("train", "--resume", str(run), "--set", "train.epochs=2", "--allow-config-change", "-q").exit_code == 0
+    resumed = json.loads((run / "env.json").read_text())["resumes"][-1]
+    assert resumed["conv_algorithms"] == everything_fft
+    assert "resolved when the run started" in resumed["conv_choice"]["mode"]
+
+    env = json.loads((run / "env.json").read_text())
+    for entry in [env, *env["resumes"]]:  # a run written before conv_algorithms were recorded
+        del entry["conv_algorithms"], entry["conv_choice"]
+    (run / "env.json").write_text(json.dumps(env))
+    assert cli("train", "--resume", str(run), "--set", "train.epochs=3", "--allow-config-change", "-q").exit_code == 0
+    resumed = json.loads((run / "env.json").read_text())["resumes"][-1]
+    assert resumed["conv_algorithms"] == {} and "the library" in resumed["conv_choice"]["mode"]
+    assert summary(run)["status"] == "completed" and summary(run)["epochs_done"] == 3
+
+
 def test_a_run_that_dies_during_setup_can_be_resumed(tmp_path, tiny_config, reference_run, monkeypatch):
     import centerexp.training.train as train_module
 

@@ -60,7 +60,8 @@ class Runtime:
         else:
             precision, choice = choose_precision(cfg, device, channels_last, measure=measure)
         if conv_algorithms is not None and cfg.train.conv_algo == "auto":
-            conv_choice = {"mode": "auto, resolved when the run started (env.json)"}
+            recorded = "" if conv_algorithms else "; none recorded: the library, as before conv_algo"
+            conv_choice = {"mode": f"auto, resolved when the run started (env.json{recorded})"}
         else:
             conv_algorithms, conv_choice = resolve_conv_algorithms(cfg, device, channels_last, precision, measure_conv)
         return cls(
