@@ -61,8 +61,15 @@ def test_format_shows_ceiling_fraction_and_the_reproduce_estimate():
         "library_ceiling_fraction_of_matmul_peak": 0.45,
         "chosen_ceiling_fraction_of_matmul_peak": 0.69,
         "conv_layers": [
-            {"layer": "512->512 k5p2 @7x7", "algorithm": "fft", "seconds": 0.5, "library_seconds": 1.5,
-             "gflops": 600.0, "fraction_of_matmul_peak": 1.5, "share": 0.8},
+            {
+                "layer": "512->512 k5p2 @7x7",
+                "algorithm": "fft",
+                "seconds": 0.5,
+                "library_seconds": 1.5,
+                "gflops": 600.0,
+                "fraction_of_matmul_peak": 1.5,
+                "share": 0.8,
+            },
         ],
     }
     text = format_bench(r)
@@ -82,8 +89,12 @@ def test_the_layer_table_times_the_library_and_the_chosen_algorithm_of_every_sha
 
     rows = layer_table("shallow", 2, "fp32", torch.device("cpu"), {"512->512 k5p2 @7x7": "fft"})
     assert [r["layer"] for r in rows] == [
-        "1->32 k5p2 @28x28", "32->64 k5p2 @28x28", "64->128 k5p2 @14x14", "128->256 k5p2 @14x14",
-        "256->512 k5p2 @7x7", "512->512 k5p2 @7x7",
+        "1->32 k5p2 @28x28",
+        "32->64 k5p2 @28x28",
+        "64->128 k5p2 @14x14",
+        "128->256 k5p2 @14x14",
+        "256->512 k5p2 @7x7",
+        "512->512 k5p2 @7x7",
     ]
     assert [r["algorithm"] for r in rows].count("fft") == 1 and rows[-1]["algorithm"] == "fft"
     assert rows[0]["seconds"] == rows[0]["library_seconds"] and abs(sum(r["share"] for r in rows) - 1) < 1e-9

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from centerexp.config import Config
 from centerexp.training import conv, speedcache
-from centerexp.training.models import build_model, deep_net
+from centerexp.training.models import deep_net
 from centerexp.training.runtime import Runtime
 
 # (c_in, c_out, height) of every layer shape the shipped nets have (5x5 kernels, padding 2), in miniature channels
@@ -33,7 +33,8 @@ def reference_and_candidate(algorithm, c_in, c_out, h, dtype, autocast=False, wi
 
 
 @pytest.mark.parametrize(
-    "algorithm, c_in, c_out, h", [(a, *s) for a in ("toeplitz", "fft") for s in SHAPES if conv.applies(a, 5, 2, s[2], s[2])]
+    "algorithm, c_in, c_out, h",
+    [(a, *s) for a in ("toeplitz", "fft") for s in SHAPES if conv.applies(a, 5, 2, s[2], s[2])],
 )
 def test_each_algorithm_is_the_convolution_in_fp64(algorithm, c_in, c_out, h):
     (y, gx, gw), (y2, gx2, gw2) = reference_and_candidate(algorithm, c_in, c_out, h, torch.float64)
@@ -81,10 +82,14 @@ def test_the_layer_keeps_nn_conv2d_state_and_runs_the_algorithm_chosen_for_its_i
     assert names == ["hidden_layer.0.0.weight", "hidden_layer.0.1.weight", "hidden_layer.0.1.bias"]
     shapes = conv.layer_inputs(model)
     assert [layer.key(h, w) for layer, h, w in shapes][::3] == [
-        "1->32 k5p2 @28x28", "128->256 k5p2 @14x14", "512->256 k5p2 @3x3"
+        "1->32 k5p2 @28x28",
+        "128->256 k5p2 @14x14",
+        "512->256 k5p2 @3x3",
     ]
     calls = []
-    monkeypatch.setitem(conv.FUNCTIONS, "fft", lambda x, w, p: calls.append(tuple(x.shape[-2:])) or F.conv2d(x, w, padding=p))
+    monkeypatch.setitem(
+        conv.FUNCTIONS, "fft", lambda x, w, p: calls.append(tuple(x.shape[-2:])) or F.conv2d(x, w, padding=p)
+    )
     conv.use_algorithms(model, {"256->512 k5p2 @7x7": "fft", "512->512 k5p2 @7x7": "fft"})
     model(torch.rand(2, 1, 28, 28))
     assert calls == [(7, 7), (7, 7)]
@@ -129,17 +134,22 @@ def timings(table):
 
 
 def test_auto_picks_the_fastest_only_when_it_beats_the_library_by_the_margin(tmp_path):
-    measure, calls = timings({
-        28: {"library": 1.0, "fft": 1.05},  # slower: library
-        14: {"library": 1.0, "fft": 0.95},  # faster, but within the margin: library
-        7: {"library": 1.0, "fft": 0.5},
-        3: {"library": 1.0, "toeplitz": 0.6, "fft": 0.7},
-    })
+    measure, calls = timings(
+        {
+            28: {"library": 1.0, "fft": 1.05},  # slower: library
+            14: {"library": 1.0, "fft": 0.95},  # faster, but within the margin: library
+            7: {"library": 1.0, "fft": 0.5},
+            3: {"library": 1.0, "toeplitz": 0.6, "fft": 0.7},
+        }
+    )
     rt = Runtime.from_config(shallow_config(tmp_path), measure_conv=measure)
     assert rt.conv_algorithms == {
-        "1->32 k5p2 @28x28": "library", "32->64 k5p2 @28x28": "library",
-        "64->128 k5p2 @14x14": "library", "128->256 k5p2 @14x14": "library",
-        "256->512 k5p2 @7x7": "fft", "512->512 k5p2 @7x7": "fft",
+        "1->32 k5p2 @28x28": "library",
+        "32->64 k5p2 @28x28": "library",
+        "64->128 k5p2 @14x14": "library",
+        "128->256 k5p2 @14x14": "library",
+        "256->512 k5p2 @7x7": "fft",
+        "512->512 k5p2 @7x7": "fft",
     }
     assert len(calls) == 6 and {c[3:] for c in calls} == {(8, "fp32")}
     assert rt.conv_choice["cached"] is False and rt.conv_choice["seconds"]["512->512 k5p2 @7x7"]["fft"] == 0.5
@@ -160,7 +170,9 @@ def test_a_set_algorithm_applies_where_it_can_and_the_library_elsewhere(tmp_path
     cfg.model.arch, cfg.train.device, cfg.train.conv_algo, cfg.train.precision = "deep", "cpu", "toeplitz", "fp32"
     deep = Runtime.from_config(cfg)
     assert {k for k, a in deep.conv_algorithms.items() if a == "toeplitz"} == {
-        "512->256 k5p2 @3x3", "256->128 k5p2 @3x3", "128->64 k5p2 @3x3"
+        "512->256 k5p2 @3x3",
+        "256->128 k5p2 @3x3",
+        "128->64 k5p2 @3x3",
     }
     assert len(deep.conv_algorithms) == 9 and deep.conv_choice["mode"].startswith("set in config")
     cfg.model.arch = "linear"

@@ -208,7 +208,9 @@ MID_STEP = ("F.cross_entropy", lambda *a, **k: True, 4)  # 2 steps + 1 evaluatio
     ],
 )
 def test_conv_net_killed_mid_step_and_mid_checkpoint_resumes_bit_exact(tmp_path, conv_algo, points):
-    config = write_config(tmp_path / "conv.yaml", base="v1_2", **{**CONV, "train": {**CONV["train"], "conv_algo": conv_algo}})
+    config = write_config(
+        tmp_path / "conv.yaml", base="v1_2", **{**CONV, "train": {**CONV["train"], "conv_algo": conv_algo}}
+    )
     assert in_child(lambda: start_run(config, [], tmp_path / "ref", "c", progress=False)) == 0
     chosen = json.loads((tmp_path / "ref" / "c" / "env.json").read_text())["conv_algorithms"]
     assert len(chosen) == 6 and (conv_algo == "auto" or set(chosen.values()) == {"library"})

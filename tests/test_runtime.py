@@ -1,7 +1,6 @@
 """Runtime: train.precision auto decides by measurement, cached per machine; bf16 steps on CPU."""
 
 import json
-from pathlib import Path
 import math
 
 import pytest
@@ -150,6 +149,7 @@ def test_parity_of_the_convolution_algorithms_pairs_auto_with_the_library(tmp_pa
     specs = parity_specs(CONFIGS / "v1_0.yaml", 2, tmp_path, ["train.epochs=1"], COMPARISONS["conv"])
     assert [s.run_dir.name for s in specs] == ["v1_0_library_s0", "v1_0_auto_s0", "v1_0_library_s1", "v1_0_auto_s1"]
     assert [s.overrides[-2:] for s in specs[:2]] == [
-        ("train.conv_algo=library", "train.seed=0"), ("train.conv_algo=auto", "train.seed=0")
+        ("train.conv_algo=library", "train.seed=0"),
+        ("train.conv_algo=auto", "train.seed=0"),
     ]
     assert "train.epochs=1" in specs[0].overrides

@@ -409,7 +409,8 @@ def format_bench(r: dict) -> str:
             f"{arch} in {p}: conv stack {_rate(m[f'ceiling_{p}_images_per_s'])} img/s with the library "
             f"({_pct(m['library_ceiling_fraction_of_matmul_peak'])} of the matmul peak), "
             f"{_rate(m['chosen_ceiling_images_per_s'])} img/s with the chosen algorithms "
-            f"({_pct(m['chosen_ceiling_fraction_of_matmul_peak'])}); training {m['centerexp_auto_images_per_s']:.1f} img/s "
+            f"({_pct(m['chosen_ceiling_fraction_of_matmul_peak'])}); "
+            f"training {m['centerexp_auto_images_per_s']:.1f} img/s "
             f"= {m['centerexp_auto_vs_library_ceiling']:.2f}x the library ceiling, "
             f"{m['centerexp_auto_vs_plain']:.2f}x the plain loop"
         )

@@ -58,7 +58,7 @@ def applies(algorithm: str, kernel: int, padding: int, height: int, width: int) 
 # Dense Toeplitz
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tap_index(height: int, width: int, kernel: int, padding: int, device: torch.device) -> torch.Tensor:
     """(h*w outputs, h*w inputs) -> which of the kernel's taps joins them; kernel*kernel: none (zero)."""
     out_i, out_j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
@@ -84,7 +84,7 @@ def toeplitz_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.
 # FFT as three GEMMs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fourier_matrices(height: int, width: int, kernel: int, padding: int, dtype: torch.dtype, device: torch.device):
     """(forward (2F, hw), kernel (2F, k*k), inverse real part (hw, F), inverse imaginary part (hw, F))
     for the F frequencies of a real 2-D DFT; rows of the first two: all real parts, then all
@@ -193,8 +193,16 @@ def use_algorithms(model: nn.Module, chosen: dict[str, str]) -> None:
 
 
 def measure_layer(
-    c_in: int, c_out: int, kernel: int, padding: int, height: int, width: int, batch: int, precision: str,
-    device: torch.device, channels_last: bool,
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    padding: int,
+    height: int,
+    width: int,
+    batch: int,
+    precision: str,
+    device: torch.device,
+    channels_last: bool,
 ) -> dict[str, float]:
     """Median seconds of forward + backward (input and weight gradients) of each algorithm that
     applies, on random data of this shape, batch size, precision and memory format."""

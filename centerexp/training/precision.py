@@ -44,7 +44,9 @@ def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -
             loss.backward()
             optimizer.step()
 
-        seconds = median_seconds({p: lambda p=p: step(p) for p in ("fp32", "bf16")}, device, PROBE_STEPS, PROBE_MIN_SECONDS)
+        seconds = median_seconds(
+            {p: lambda p=p: step(p) for p in ("fp32", "bf16")}, device, PROBE_STEPS, PROBE_MIN_SECONDS
+        )
     return {p: PROBE_BATCH / s for p, s in seconds.items()}
 
 

@@ -21,6 +21,16 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, restored when t
 
 
 @dataclass(frozen=True)
+class Pinned:
+    """What a run trains with instead of deciding anew: a resumed run's own settings from env.json
+    (its bits depend on them), or a thread count chosen by the caller. None: decide now."""
+
+    threads: int | None = None  # ahead of train.threads and torch's default
+    precision: str | None = None  # what train.precision: auto resolved to when the run started
+    conv_algorithms: dict | None = None  # what train.conv_algo: auto resolved to ({}: the library)
+
+
+@dataclass(frozen=True)
 class Runtime:
     device: torch.device
     precision: str  # "fp32" | "bf16" (autocast for the conv trunk; heads and losses stay fp32)
@@ -32,26 +42,13 @@ class Runtime:
     conv_choice: dict = field(default_factory=dict, compare=False)  # how they were chosen, for env.json
 
     @classmethod
-    def from_config(
-        cls,
-        cfg: Config,
-        *,
-        threads: int | None = None,
-        precision: str | None = None,
-        conv_algorithms: dict | None = None,
-        measure=None,
-        measure_conv=None,
-    ) -> "Runtime":
-        """Resolve "auto" settings and apply the process-wide ones (threads, determinism).
-
-        ``threads``: the intra-op thread count, ahead of ``train.threads`` and torch's default;
-        ``precision``, ``conv_algorithms``: what ``auto`` resolved to when the run started. A
-        resumed run passes all three, as it was trained with them (its bits depend on them).
-        ``measure``, ``measure_conv`` replace the precision and convolution measurements (tests
-        inject them); see precision.py and conv.py.
-        """
+    def from_config(cls, cfg: Config, pinned: Pinned = Pinned(), *, measure=None, measure_conv=None) -> "Runtime":
+        """Resolve "auto" settings, unless ``pinned``, and apply the process-wide ones (threads,
+        determinism). ``measure``, ``measure_conv`` replace the precision and convolution
+        measurements (tests inject them); see precision.py and conv.py."""
         device = resolve_device(cfg.train.device)
-        threads = threads or cfg.train.threads or DEFAULT_THREADS
+        threads = pinned.threads or cfg.train.threads or DEFAULT_THREADS
+        precision, conv_algorithms = pinned.precision, pinned.conv_algorithms
         torch.set_num_threads(threads)
         configure_determinism(cfg.train.deterministic, device)
         channels_last = cfg.train.channels_last and cfg.model.arch != "linear"

@@ -46,7 +46,7 @@ from centerexp.training.conv import use_algorithms
 from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist, to_float
 from centerexp.training.losses import AuxiliaryLoss, build_aux_loss
 from centerexp.training.models import build_model
-from centerexp.training.runtime import Runtime, resolve_device, seed_everything
+from centerexp.training.runtime import Pinned, Runtime, resolve_device, seed_everything
 
 NUM_CLASSES = 10
 
@@ -291,15 +291,12 @@ def train(
     command: str = "",
     progress: bool | None = None,
     lock: RunLock | None = None,
-    threads: int | None = None,
-    precision: str | None = None,
-    conv_algorithms: dict | None = None,
+    pinned: Pinned = Pinned(),
 ) -> dict:
     """Train one run into ``run_dir`` (already created, or an existing run when ``resume``).
 
     Holds the run folder's lock throughout (RunBusy if another process trains it); ``lock``: one
-    this process already holds (taken when the folder was created). ``threads``, ``precision``,
-    ``conv_algorithms``: see Runtime.from_config. Returns the
+    this process already holds (taken when the folder was created). ``pinned``: see Runtime. Returns the
     final summary; raises CenterexpError, with the run marked failed or interrupted in
     summary.json, when the run cannot finish.
     """
@@ -307,9 +304,7 @@ def train(
     held = lock or RunLock(run_dir).acquire()
     try:
         remove_stale_temp_files(run_dir)  # left by a process killed mid-write
-        return _train_locked(
-            cfg, run_dir, resume, allow_config_change, command, progress, threads, precision, conv_algorithms
-        )
+        return _train_locked(cfg, run_dir, resume, allow_config_change, command, progress, pinned)
     finally:
         held.release()
 
@@ -329,12 +324,9 @@ def fingerprint_of(cfg: Config) -> dict:
     return fingerprint(parts, train_set)
 
 
-def _train_locked(
-    cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, threads, precision,
-    conv_algorithms,
-):
+def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, pinned: Pinned):
     progress = sys.stderr.isatty() if progress is None else progress
-    rt = Runtime.from_config(cfg, threads=threads, precision=precision, conv_algorithms=conv_algorithms)
+    rt = Runtime.from_config(cfg, pinned)
     parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last, rt.conv_algorithms)
     ckpt_path = run_dir / files.CHECKPOINT
     pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
@@ -440,7 +432,7 @@ def start_run(
     name = name or Path(config_path).stem
     lock = RunLock(Path(runs_dir) / name)
     run_dir = create_run_dir(Path(runs_dir), name, overwrite, contents, lock)
-    return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock, threads=threads)
+    return run_dir, train(cfg, run_dir, command=command, progress=progress, lock=lock, pinned=Pinned(threads=threads))
 
 
 def recorded_conv_algorithms(run_dir: Path) -> dict | None:
@@ -483,8 +475,6 @@ def resume_run(
         allow_config_change=allow_config_change,
         command=command,
         progress=progress,
-        threads=threads,
-        precision=recorded(run_dir, "precision"),
-        conv_algorithms=recorded_conv_algorithms(run_dir),
+        pinned=Pinned(threads, recorded(run_dir, "precision"), recorded_conv_algorithms(run_dir)),
     )
     return run_dir, summary
