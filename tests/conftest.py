@@ -18,11 +18,14 @@ def mnist_root(tmp_path_factory) -> Path:
     return prepare_mnist(tmp_path_factory.mktemp("mnist"))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_data(mnist_root, monkeypatch):
-    """Every test reads MNIST from the session cache, never from the user's cache folder."""
-    monkeypatch.setenv("CENTEREXP_DATA", str(mnist_root))
-    monkeypatch.delenv("CENTEREXP_DEBUG", raising=False)
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_data(mnist_root):
+    """Every test, and every module-scoped fixture (they start before function-scoped ones), reads
+    MNIST and keeps its speed measurements in the session cache, never in the user's cache folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CENTEREXP_DATA", str(mnist_root))
+        patch.delenv("CENTEREXP_DEBUG", raising=False)
+        yield
 
 
 def write_config(path: Path, base: str = "baseline", **sections) -> Path:
