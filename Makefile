@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Two pytest workers: the suite is mostly single-threaded Python and matplotlib (4.5 min on 2 cores, 7.7 with one).
+# Two pytest workers: the suite is mostly single-threaded Python and matplotlib (6 min on a 2-core Xeon).
 PYTEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)

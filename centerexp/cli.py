@@ -183,8 +183,9 @@ def plot(
         True, "--gif/--no-gif", help="Also assemble plots/features.gif from the per-evaluation frames."
     ),
 ):
-    """Redraw a run's loss curves (and feature GIF) from its files, e.g. while it is still training."""
-    from centerexp.plots import feature_gif, plot_loss_curves
+    """Redraw a run's loss curves and feature GIF from its files, e.g. while it is still training
+    (a run without per-evaluation frames gets its last feature plot from features.pt)."""
+    from centerexp.plots import redraw_run
     from centerexp.rundir.folder import NOT_A_RUN, is_run_dir
     from centerexp.rundir.records import metrics_columns
 
@@ -193,11 +194,8 @@ def plot(
     metrics = metrics_columns(run / files.METRICS)
     if not metrics.get("epoch"):
         raise CenterexpError(f"{run}: no evaluation yet, nothing to plot")
-    plot_loss_curves(metrics, run / files.LOSS_CURVES, run.name)
-    typer.echo(f"wrote {run / files.LOSS_CURVES}")
-    if gif:
-        path = feature_gif(run)
-        typer.echo(f"wrote {path}" if path else "no feature plots found: no GIF")
+    for path in redraw_run(run, metrics, gif):
+        typer.echo(f"wrote {path}")
 
 
 LAUNCHER_HELP = "local (this machine), submitit-local (submitit's local jobs) or slurm."

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import statistics
 
 import pytest
@@ -15,7 +16,7 @@ from centerexp.experiments.reproduce import claim_set, find_experiment
 from centerexp.experiments.spec import load_experiment
 from centerexp.rundir.schema import METRIC_COLUMNS
 
-from .conftest import write_config
+from .conftest import REPO, write_config
 from .test_claims import paired_ci, welch_ci
 
 runner = CliRunner()
@@ -318,6 +319,18 @@ def test_plot_command_rebuilds_curves_and_gif(two_real_runs):
     result = runner.invoke(app, ["plot", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "plots" / "features.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def test_plot_command_draws_a_reference_run_that_kept_only_its_small_files(tmp_path):
+    run = tmp_path / "v1_1_s0"
+    reference = REPO / "runs" / "reference" / "quick" / "v1_1_s0"
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns("plots", "tb"))
+    result = runner.invoke(app, ["plot", str(run)])
+    assert result.exit_code == 0, result.output
+    for name in ("loss_curves.png", "features.png"):
+        assert (run / "plots" / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"wrote {run / 'plots' / name}" in result.output
+    assert not (run / "plots" / "features.gif").exists()  # no frames kept: nothing to animate
 
 
 def test_a_run_given_twice_counts_once(tmp_path):

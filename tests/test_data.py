@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -57,3 +59,22 @@ def test_corrupt_packaged_file_is_a_clear_error(tmp_path):
     with pytest.raises(CenterexpError, match="train-labels-idx1-ubyte"):
         prepare_mnist(tmp_path / "cache", packaged=pkg)
     assert not (tmp_path / "cache" / "MNIST" / "raw" / "train-labels-idx1-ubyte").exists()
+
+
+def _unpack(root: str) -> None:
+    prepare_mnist(Path(root))
+
+
+def test_two_processes_unpacking_into_one_empty_cache_both_succeed(tmp_path):
+    """Two first runs on a new machine (reproduce --jobs 2) unpack MNIST at the same moment."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_unpack, args=(str(tmp_path),)) for _ in range(2)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+        assert c.exitcode == 0
+    prepare_mnist(tmp_path)  # verifies every file's checksum
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(SHA256)

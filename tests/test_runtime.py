@@ -55,6 +55,47 @@ def test_the_measurement_is_cached_and_remeasured_for_another_torch(tmp_path, mo
     assert sum("9.9.9" in k for k in cache) == 1
 
 
+def _measure_once_in_a_child(cache_folder: str, log: str, go) -> None:
+    """A child process: wait for the start signal, then ask the cache for one measurement that
+    takes 0.5 s and leaves a line in ``log``; write back what it got."""
+    import os
+    import time
+
+    cfg = Config()
+    cfg.data.root = cache_folder
+
+    def measure():
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return {"seconds": float(os.getpid())}
+
+    go.wait()
+    value, cached, _ = speedcache.remembered(cfg, ["a shape"], measure)
+    with open(log + f".{os.getpid()}", "w") as f:
+        json.dump({"value": value, "cached": cached}, f)
+
+
+def test_two_processes_that_start_together_measure_once_and_agree(tmp_path):
+    """Runs started together (reproduce --jobs 2) must not both measure, each timing the other."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    go, log = ctx.Event(), str(tmp_path / "measured")
+    children = [ctx.Process(target=_measure_once_in_a_child, args=(str(tmp_path), log, go)) for _ in range(2)]
+    for c in children:
+        c.start()
+    go.set()
+    for c in children:
+        c.join(30)
+        assert c.exitcode == 0
+    measurers = (tmp_path / "measured").read_text().split()
+    got = [json.loads((tmp_path / f"measured.{c.pid}").read_text()) for c in children]
+    assert len(measurers) == 1  # one measured, the other waited for it and read the cache
+    assert got[0]["value"] == got[1]["value"] == {"seconds": float(measurers[0])}
+    assert sorted(g["cached"] for g in got) == [False, True]
+
+
 def test_a_damaged_cache_is_measured_again(tmp_path):
     (tmp_path / speedcache.CACHE_FILE).write_text("{not json")
     measure, calls = measured(40.0, 30.0)
@@ -153,3 +194,23 @@ def test_parity_of_the_convolution_algorithms_pairs_auto_with_the_library(tmp_pa
         ("train.conv_algo=auto", "train.seed=0"),
     ]
     assert "train.epochs=1" in specs[0].overrides
+
+
+def test_a_clear_loser_is_timed_once_and_the_others_as_asked():
+    """bf16 on a CPU without bf16 units: one timed step shows it cannot win, so it is not timed 3 times."""
+    import time
+
+    calls = {"fast": 0, "close": 0, "slow": 0}
+    naps = {"fast": 0.02, "close": 0.025, "slow": 0.2}  # wide margins: sleeps overrun on a busy machine
+
+    def nap(name):
+        calls[name] += 1
+        time.sleep(naps[name])
+
+    candidates = {name: lambda name=name: nap(name) for name in naps}
+    seconds = speedcache.median_seconds(candidates, torch.device("cpu"), 3, 0.0, drop_slower_than=2.0)
+    assert calls == {"fast": 4, "close": 4, "slow": 2}  # one warm-up call each, then 3 timed / 1 timed
+    assert seconds["slow"] >= 0.2 > seconds["fast"]
+    calls.update(dict.fromkeys(calls, 0))
+    speedcache.median_seconds(candidates, torch.device("cpu"), 3, 0.0)  # without it, all are timed alike
+    assert calls == {"fast": 4, "close": 4, "slow": 4}

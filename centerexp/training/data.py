@@ -92,7 +92,7 @@ def prepare_mnist(root: Path, download: bool = False, packaged: Path = PACKAGED)
             source = packaged / f"{name}.gz"
             if not source.is_file():
                 raise CenterexpError(f"MNIST file missing from the package: {source} (reinstall centerexp)")
-            tmp = target.with_suffix(".partial")
+            tmp = raw / f".{name}.{os.getpid()}.partial"  # per process: two first runs may unpack at once
             try:
                 with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)

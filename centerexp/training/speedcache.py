@@ -2,8 +2,9 @@
 
 A measurement depends on the machine, not on the run, so it is taken once per machine signature
 (CPU model, cores, threads, torch version, architecture) and what was timed, and kept in
-``DATA_ROOT/speed-cache.json``. A damaged cache is measured again; a read-only one only costs a
-re-measurement next time.
+``DATA_ROOT/speed-cache.json``. Processes measure one at a time (a lock file beside the cache), so
+runs started together measure once. A damaged cache is measured again; a read-only one only costs
+a re-measurement next time.
 """
 
 import contextlib
@@ -57,24 +58,52 @@ def remembered(cfg: Config, what: list[str], measure: Callable[[], dict]) -> tup
     signature = machine_signature(torch.get_num_threads())
     key = cache_key(signature, *what)
     path = data_root(cfg.data) / CACHE_FILE
-    cache = _read(path)
-    if key in cache:
-        return cache[key]["measured"], True, path
-    value = measure()
-    cache = _read(path)  # another process may have added entries meanwhile
-    cache[key] = {"measured": value, **signature, "what": list(what)}
-    with contextlib.suppress(OSError, CenterexpError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, cache)
+    with _measuring_alone(path):
+        cache = _read(path)
+        if key in cache:
+            return cache[key]["measured"], True, path
+        value = measure()
+        cache[key] = {"measured": value, **signature, "what": list(what)}
+        with contextlib.suppress(OSError, CenterexpError):
+            write_json(path, cache)
     return value, False, path
 
 
+@contextlib.contextmanager
+def _measuring_alone(path: Path):
+    """Hold an flock on ``path``'s lock file while reading, measuring and writing the cache. Two runs
+    starting together (``reproduce --jobs 2``) would otherwise both measure, each timing the other's
+    noise, and disagree; with it the second waits and reads the first's measurement. The kernel drops
+    the lock when its holder dies. Where no lock file can be made (a read-only cache), go on without."""
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def median_seconds(
-    candidates: dict[str, Callable[[], None]], device: torch.device, min_repeats: int, min_seconds: float
+    candidates: dict[str, Callable[[], None]],
+    device: torch.device,
+    min_repeats: int,
+    min_seconds: float,
+    drop_slower_than: float | None = None,
 ) -> dict[str, float]:
     """Median seconds of each candidate's call, after one untimed warm-up call each (kernel choice,
     allocations). The candidates take turns, so that a slow moment of the machine hits all alike;
-    each is timed ``min_repeats`` times at least, and for ``min_seconds`` at least in all."""
+    each is timed ``min_repeats`` times at least, and for ``min_seconds`` at least in all.
+
+    ``drop_slower_than``: a candidate whose first timed call took this many times the fastest one's
+    is timed no further; that one call is its result (bf16 on a CPU without bf16 units runs at a
+    tenth of fp32's speed, and timing it 3 times would cost minutes to learn nothing more)."""
 
     def timed(call) -> float:
         start = time.perf_counter()
@@ -86,8 +115,12 @@ def median_seconds(
     for call in candidates.values():
         timed(call)
     times = {name: [] for name in candidates}
+    timing = dict(candidates)
     start = time.perf_counter()
-    while min(len(t) for t in times.values()) < min_repeats or time.perf_counter() - start < min_seconds:
-        for name, call in candidates.items():
+    while min(len(times[n]) for n in timing) < min_repeats or time.perf_counter() - start < min_seconds:
+        for name, call in timing.items():
             times[name].append(timed(call))
+        if drop_slower_than and len(timing) > 1 and min(len(t) for t in times.values()) == 1:
+            fastest = min(t[0] for t in times.values())
+            timing = {n: c for n, c in timing.items() if times[n][0] < drop_slower_than * fastest}
     return {name: statistics.median(t) for name, t in times.items()}
