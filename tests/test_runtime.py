@@ -96,6 +96,18 @@ def test_two_processes_that_start_together_measure_once_and_agree(tmp_path):
     assert sorted(g["cached"] for g in got) == [False, True]
 
 
+def test_another_cpu_code_path_is_measured_again(tmp_path, monkeypatch):
+    """oneDNN capped at AVX2 on an AMX machine is another machine for speed: bf16 there runs on
+    reference kernels, so a measurement taken on the full path must not decide for it."""
+    measure, calls = measured(40.0, 90.0)
+    Runtime.from_config(auto_config(tmp_path), measure=measure)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    slow, calls2 = measured(40.0, 4.0)
+    assert Runtime.from_config(auto_config(tmp_path), measure=slow).precision == "fp32" and calls2 == ["deep"]
+    cache = json.loads((tmp_path / speedcache.CACHE_FILE).read_text())
+    assert sorted("ONEDNN_MAX_CPU_ISA=AVX2" in entry["code_path"] for entry in cache.values()) == [False, True]
+
+
 def test_a_damaged_cache_is_measured_again(tmp_path):
     (tmp_path / speedcache.CACHE_FILE).write_text("{not json")
     measure, calls = measured(40.0, 30.0)

@@ -35,6 +35,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # how a user caps the CPU code path
+
+
+def isa_caps() -> dict[str, str]:
+    """The caps a user set on oneDNN's and ATen's choice of instructions (AMX, AVX-512, AVX2, ...)."""
+    return {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ}
+
+
+def cpu_code_path() -> str:
+    """ATen's vector ISA and any caps, e.g. "AVX512" or "AVX512, ONEDNN_MAX_CPU_ISA=AVX2": the same
+    CPU runs at other speeds, and rounds otherwise, on another path."""
+    import torch
+
+    return ", ".join([torch.backends.cpu.get_cpu_capability(), *(f"{k}={v}" for k, v in isa_caps().items())])
+
+
 def env_info(runtime) -> dict:
     """Software, machine and runtime choices of this process (``runtime``: a runtime.Runtime)."""
     import torch
@@ -51,7 +67,7 @@ def env_info(runtime) -> dict:
         "threads": torch.get_num_threads(),
         # the CPU code path: ATen's vector ISA and the caps a user set on it and on oneDNN
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "isa_caps": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ},
+        "isa_caps": isa_caps(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "precision": runtime.precision,

@@ -1,7 +1,7 @@
 """Speed measurements that choose how a run computes (precision.py, conv.py), and their cache.
 
 A measurement depends on the machine, not on the run, so it is taken once per machine signature
-(CPU model, cores, threads, torch version, architecture) and what was timed, and kept in
+(CPU model, cores, threads, torch version, architecture, CPU code path) and what was timed, and kept in
 ``DATA_ROOT/speed-cache.json``. Processes measure one at a time (a lock file beside the cache), so
 runs started together measure once. A damaged cache is measured again; a read-only one only costs
 a re-measurement next time.
@@ -25,8 +25,9 @@ CACHE_FILE = "speed-cache.json"
 
 
 def machine_signature(threads: int) -> dict:
-    """What a CPU measurement depends on: CPU model, cores and threads, torch version, architecture."""
-    from centerexp.rundir.provenance import cpu_model
+    """What a CPU measurement depends on: CPU model, cores and threads, torch version, architecture,
+    and the code path (oneDNN capped at AVX2 runs bf16 on reference kernels, many times slower)."""
+    from centerexp.rundir.provenance import cpu_code_path, cpu_model
 
     return {
         "device": cpu_model(),
@@ -34,6 +35,7 @@ def machine_signature(threads: int) -> dict:
         "threads": threads,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "code_path": cpu_code_path(),
     }
 
 
