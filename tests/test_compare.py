@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 import statistics
 
@@ -351,3 +352,45 @@ def test_runs_of_no_arm_are_not_judged_and_the_cli_finds_the_experiment(tmp_path
     out = runner.invoke(app, ["compare", *map(str, tagged), "--out", str(tmp_path / "cli")])
     assert out.exit_code == 0, out.output
     assert "claim 1. squared center loss converges faster than sqrt (V1.0 vs V1.1): supported" in out.output
+
+
+# The committed quick references: folder, experiment. Their reports and the README's results table are
+# generated, never hand-kept, so they must be what today's code writes from the committed runs.
+REFERENCES = {"v1": "runs/reference/quick", "center_vs_softmax": "runs/reference/center_vs_softmax/quick"}
+
+
+@pytest.mark.parametrize("experiment", sorted(REFERENCES))
+def test_reproduce_over_the_committed_reference_runs_writes_the_committed_report(tmp_path, monkeypatch, experiment):
+    """Byte for byte: report.md, claims.json, compare.csv (figures are drawn and checked elsewhere; here
+    drawing is skipped and only their names reach the report)."""
+    import centerexp.plots
+
+    folder = REFERENCES[experiment]
+    shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("*.png", "tb", "plots"))
+    monkeypatch.chdir(tmp_path)  # the report records the run paths as given, relative to the checkout
+    monkeypatch.setattr(centerexp.plots, "plot_step_curves", lambda *args, **kwargs: True)
+    monkeypatch.setattr(centerexp.plots, "plot_feature_panels", lambda *args, **kwargs: None)
+    result = runner.invoke(app, ["reproduce", experiment, "--profile", "quick", "--runs-dir", folder])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/" not in result.output  # nothing trained: every run was complete
+    for name in ["report.md", "claims.json", "compare.csv"]:
+        assert (tmp_path / folder / name).read_text() == (REPO / folder / name).read_text(), name
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+def test_the_claim_tables_of_the_docs_are_the_committed_claims(document):
+    """Each row with a bold verdict, in order v1's claims then center_vs_softmax's: verdict, effect,
+    CI and test as claims.json has them (3 decimals)."""
+    rows = [line for line in (REPO / document).read_text().splitlines() if re.match(r"\|[^|]*\| \*\*", line)]
+    expected = [
+        c
+        for name in ["v1", "center_vs_softmax"]
+        for c in json.loads((REPO / REFERENCES[name] / "claims.json").read_text())
+    ]
+    assert len(rows) == len(expected) == 4
+    for row, c in zip(rows, expected):
+        cells = [cell.strip().replace("\u2212", "-") for cell in row.strip("|").split("|")]
+        assert cells[1] == f"**{c['verdict']}**", row
+        assert cells[2].endswith(f"{c['diff']:+.3f}"), row
+        assert cells[3] == f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]", row
+        assert cells[4].startswith(c["test"]), row
