@@ -83,8 +83,8 @@ def test_value_at_fraction_interpolates_and_is_missing_before_the_first_evaluati
 
 
 def test_threshold_times_are_censored_not_dropped():
-    assert censored_median([100, None, 200]) == (200, 2, 3)
-    assert censored_median([100, None, None]) == (math.inf, 1, 3)
+    assert censored_median([100, None, 200]) == (200, 2, 3, False)
+    assert censored_median([100, None, None]) == (math.inf, 1, 3, True)  # beyond the horizon, none given
     assert censored_cell([100, None, 200], 540) == "200 (2/3 reached)"
     assert censored_cell([100, None, None], 540) == "> 540 (1/3 reached)"  # not "100 (1/3 reached)"
     assert censored_cell([None, None, None], 540) == "> 540 (0/3 reached)"
@@ -162,9 +162,10 @@ def test_unfinished_runs_are_left_out_without_counting_as_failed():
     assert (r.n_a, r.failed_a, r.failed_b, r.verdict) == (3, 0, 0, SUPPORTED)
 
 
-def test_identical_differences_give_a_zero_width_interval():
-    r = paired_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
-    assert (r.diff, r.ci_low, r.ci_high, r.verdict) == (0, 0, 0, INCONCLUSIVE)
+def test_identical_runs_have_no_interval_from_three_pairs():
+    r = paired_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])  # no spread: the exact sign test, not a t interval
+    assert (r.diff, r.p_value, r.verdict, r.test) == (0, 1, INCONCLUSIVE, "exact sign test")
+    assert math.isnan(r.ci_low) and math.isnan(r.ci_high)
 
 
 # --- V1 and the report's words --------------------------------------------------------------------

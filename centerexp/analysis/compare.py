@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from centerexp.analysis import DEFAULT_THRESHOLDS, report
-from centerexp.analysis.claims import ClaimSpec, arms_from_runs, judge
+from centerexp.analysis import DEFAULT_THRESHOLDS, report, survival
+from centerexp.analysis.claims import ClaimSpec, arms_from_runs, judge_all
 from centerexp.analysis.runs import Run, load_runs, run_figures
 from centerexp.analysis.stats import finite
 from centerexp.config import RUNTIME_ONLY_KEYS
@@ -48,6 +48,8 @@ class ClaimSet:
     claims: tuple[ClaimSpec, ...]
     arm_of: Callable[[Run], str | None]  # which arm a run is (run.json's, or by its config)
     coverage: dict = field(default_factory=dict)  # the full recipe: steps, batch_size, lamda
+    protocol: str = ""  # how runs without run.json were matched to arms, when not by a profile
+    unmatched: tuple[str, ...] = ()  # one line per run that matches no arm, with the keys that differ
 
 
 @dataclass
@@ -215,9 +217,11 @@ def compare(
     results = []
     if claim_set:
         arms = arms_from_runs(runs, claim_set.arm_of, claim_set.arms, warn)
-        results = [judge(claim, arms) for claim in claim_set.claims]
+        results = judge_all(claim_set.claims, arms)
     if results:
         echo("")
+        if claim_set.protocol:
+            echo(f"protocol: {claim_set.protocol}")
         for cr in results:
             echo(report.summary_line(cr))
 
@@ -237,6 +241,8 @@ def compare(
     elif claims_path.exists():
         claims_path.unlink()  # a stale one from an earlier comparison would answer for these runs
     figures = report.plot_curves(groups, out)
+    if survival.plot_reached(groups, thresholds, out / survival.REACHED_FIGURE):
+        figures.append(survival.REACHED_FIGURE)
     grid = report.plot_feature_grid(runs, out)
     if grid:
         figures.append(grid)

@@ -27,9 +27,15 @@ def _compactness(run: Run, params: dict) -> float:
 
 
 def _steps_to(run: Run, params: dict) -> float:
-    """Censored: a run that never reached the threshold counts at its last step (a lower bound)."""
+    """The step of the first evaluation at or above the threshold; +inf when the run never reached it.
+
+    Censored: such a run would reach it later than its last step, if ever, and how much later is
+    unknown. Counting it at its last step would make the answer depend on where training stopped, so
+    ``steps_to`` claims are judged with survival methods (analysis.survival), never averaged; +inf is
+    not a number for the other statistics (claim_value turns it into NaN).
+    """
     step = curves.first_step_reaching(run.steps, run.column("test_acc"), params["threshold"])
-    return step if step is not None else run.figures.get("steps_done", math.nan)
+    return step if step is not None else math.inf
 
 
 METRICS = {
@@ -68,7 +74,8 @@ METRICS = {
         ),
         RunMetric(
             "steps_to",
-            "optimizer steps until test accuracy first reached `threshold` (never: the run's last step, censored)",
+            "optimizer steps until test accuracy first reached `threshold`; a run that never did is censored "
+            "at its last step",
             "lower",
             _steps_to,
             ("threshold",),

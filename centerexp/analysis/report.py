@@ -9,22 +9,19 @@ import math
 import statistics
 from pathlib import Path
 
+from centerexp.analysis import claim_text
+from centerexp.analysis.claim_text import number, p_text
 from centerexp.analysis.claims import Arm, ClaimResult
 from centerexp.analysis.curves import CHANCE
 from centerexp.analysis.metrics import METRICS
+from centerexp.analysis.origin import provenance
 from centerexp.analysis.runs import FRACTIONS
-from centerexp.analysis.stats import CONFIDENCE, MIN_RUNS, censored_median, finite
+from centerexp.analysis.stats import CONFIDENCE, censored_median, finite
+from centerexp.analysis.survival import REACHED_FIGURE, horizon
 from centerexp.rundir import files, status
-from centerexp.rundir.io import read_json
 from centerexp.rundir.schema import MISSING, format_value
 
 # --- cells --------------------------------------------------------------------------------------
-
-
-def number(x: float, digits: int = 4, sign: bool = False) -> str:
-    if not finite(x):
-        return MISSING
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
 def summary_cell(values: list, digits: int = 4, pct: bool = False) -> str:
@@ -42,14 +39,16 @@ def summary_cell(values: list, digits: int = 4, pct: bool = False) -> str:
 
 
 def censored_cell(values: list[float | None], end: float | None, digits: int = 4) -> str:
-    """A table cell: "450 (2/3 reached)", "> 540 (1/3 reached)"; one run: "450" or "> 540 (not reached)"."""
+    """A table cell: "450 (2/3 reached)", "> 540 (1/3 reached)"; one run: "450" or "> 540 (not reached)".
+
+    ``end``: where the runs that never reached it stopped (the earliest, if they differ); the median
+    of an even number of runs may lie between a time and that end: "> 82.5 (2/4 reached)"."""
     if not values:
         return MISSING
-    median, reached, n = censored_median(values)
-    bound = f"> {end:.{digits}g}" if finite(end) else "never"
-    shown = f"{median:.{digits}g}" if math.isfinite(median) else bound
+    median, reached, n, beyond = censored_median(values, end)
+    shown = f"{median:.{digits}g}" if not beyond else f"> {median:.{digits}g}" if math.isfinite(median) else "never"
     if n == 1:
-        return shown if reached else f"{bound} (not reached)"
+        return shown if reached else f"{shown} (not reached)"
     return f"{shown} ({reached}/{n} reached)"
 
 
@@ -70,37 +69,6 @@ def summary_line(cr: ClaimResult) -> str:
 
 
 # --- report.md --------------------------------------------------------------------------------------
-
-
-def provenance(runs: list) -> list[str]:
-    """Machine, device, precision, software and commit of the runs, and their total training time."""
-    envs = []
-    for r in runs:
-        try:
-            env = read_json(r.path / files.ENV)
-        except (OSError, ValueError):
-            continue
-        envs += [env, *env.get("resumes", [])]  # a resumed run may have continued elsewhere
-
-    def describe(env: dict) -> str:
-        git = env.get("git") or {}
-        commit = f"commit {str(git.get('commit'))[:10]}" + (" (dirty)" if git.get("dirty") else "")
-        device = f"{env.get('device_name')} ({env.get('device', '?')}, {env.get('threads')} threads)"
-        tf32 = (
-            " (cuDNN TF32 convolutions, PyTorch's default on CUDA)"
-            if str(env.get("device", "")).startswith("cuda") and env.get("precision") == "fp32"
-            else ""
-        )
-        return f"{device}, precision {env.get('precision')}{tf32}, torch {env.get('torch')}, {commit}"
-
-    if envs:
-        lines = [f"Produced on: {'; '.join(sorted({describe(e) for e in envs}))}."]
-    else:
-        asked = sorted({f"{r.config.get('train.device')} / {r.config.get('train.precision')}" for r in runs})
-        lines = [f"Device and precision: not recorded (no env.json); the configs ask for {', '.join(asked)}."]
-    total = sum(r.column("wall_seconds")[-1] for r in runs if r.rows and finite(r.column("wall_seconds")[-1]))
-    lines.append(f"Training wall time of all runs together: {total / 60:.1f} min.")
-    return [" ".join(lines)]
 
 
 def regenerate_command(paths: list[Path], thresholds, experiment_file: str | None = None) -> str:
@@ -150,10 +118,26 @@ def report_markdown(runs, table, claim_set, results, figures, thresholds, comman
             f"## The claims of experiment `{claim_set.name}`: {claim_set.title}",
             "",
             *coverage_markdown(first.figures.get("steps_done", math.nan), cfg, claim_set.coverage),
+            *matching_markdown(claim_set),
             *claims_markdown(results, thresholds),
         ]
     parts += ["## Figures", "", *[f"![{f}]({f})" for f in figures], ""]
     return "\n".join(parts)
+
+
+def matching_markdown(claim_set) -> list[str]:
+    """How runs without run.json were matched to arms, and the runs that match none."""
+    lines = []
+    if claim_set.protocol:
+        lines += [
+            f"**protocol: {claim_set.protocol}.** These runs' run.json names no experiment and they match "
+            "none of its profiles; they share every config key except those the arms set, and each is judged as the "
+            "arm whose own config and overrides give its values of those keys.",
+            "",
+        ]
+    if claim_set.unmatched:
+        lines += ["Runs that match no arm (not judged):", "", *[f"- {u}" for u in claim_set.unmatched], ""]
+    return lines
 
 
 # --- the claims' words ------------------------------------------------------------------------------
@@ -184,17 +168,18 @@ def definitions_markdown(thresholds) -> list[str]:
         "classes), in the full feature dimension. **center lag**: mean distance of a learned center to its "
         "class mean (how far the centers trail the features). The center loss itself is not compared: the "
         "squared and sqrt forms are in different units.",
-        f"- **Verdicts** come from a {CONFIDENCE:.0%} t confidence interval of (claimed better) - (other) on the "
-        "claim's metric: `supported` when it excludes 0 on the better side (for a claim with a margin m, 'not "
-        "worse by more than m': when it excludes -m), `contradicted` when it lies wholly on the other side, "
-        f"`inconclusive` otherwise, `insufficient evidence` when fewer than {MIN_RUNS} completed (for a paired "
-        "claim: paired) runs remain in either arm, `not comparable` when the arms trained with different "
-        "precision, device type or torch version. Failed runs (diverged, NaN, stopped with an error) are "
-        "listed and counted, not used in the interval.",
+        *claim_text.definitions(),
         f"- **Secondaries** (no verdict): test cross-entropy and compactness (intra/inter) at {fractions} of "
         "each run's steps, joining evaluations by straight lines (— before the first evaluation); steps to "
         "each accuracy threshold as the median over runs where a run that never reached it counts as later "
-        'than every run that did, with "k/n reached".',
+        'than every run that did, with "k/n reached" ("> x": the median lies beyond x, for an even count '
+        f"possibly between a time and the step where the runs stopped); {REACHED_FIGURE}: the share of each "
+        "group's runs that had reached each threshold, against step.",
+        "- **`steps_to` claims** (time to a threshold): a run that never reached it is censored at its last "
+        "step, so there is no t interval. The verdict is an exact test of which run reached it first (a sign "
+        "test over paired seeds, a rank test over independent runs), each arm's median comes with its "
+        "Kaplan-Meier interval, the effect is the difference of the medians with a bootstrap interval, and "
+        "arms whose runs stopped at different steps are not compared.",
         f"- **Thresholds** {', '.join(f'{t:g}' for t in thresholds)}: {threshold_rationale(thresholds)}.",
         "",
     ]
@@ -238,15 +223,18 @@ def coverage_markdown(steps_done: float, cfg: dict, recipe: dict) -> list[str]:
 def claims_markdown(results: list[ClaimResult], thresholds) -> list[str]:
     """The claims section: a summary table, then each claim's test, runs and secondaries."""
     lines = [
-        "| claim | verdict | metric (better) | test | n (a, b) | failed (a, b) | effect: a - b | 95% CI |",
-        "|---|---|---|---|---|---|---|---|",
+        *claim_text.family_lines(results),
+        "| claim | verdict | metric (better) | test | n (a, b) | failed (a, b) | effect: a - b | 95% CI "
+        "| P(a better) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cr in results:
         r, c = cr.result, cr.claim
         lines.append(
             f"| {c.id}. {c.says} | **{r.verdict}** | {c.metric_text()} ({c.direction}) | {r.test} | "
             f"{r.n_a}, {r.n_b} | {r.failed_a}, {r.failed_b} | {number(r.diff, sign=True)} | "
-            f"[{number(r.ci_low, sign=True)}, {number(r.ci_high, sign=True)}] |"
+            f"[{number(r.ci_low, sign=True)}, {number(r.ci_high, sign=True)}] | "
+            f"{claim_text.improvement_cell(cr.improvement)} |"
         )
     lines.append("")
     for cr in results:
@@ -256,23 +244,19 @@ def claims_markdown(results: list[ClaimResult], thresholds) -> list[str]:
 
 def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
     c, r, a, b = cr.claim, cr.result, cr.a, cr.b
-    p_value = format_value(r.p_value, 2)
-    margin = (
-        f" The claim is non-inferiority: {a.label} is not worse than {b.label} by more than {c.margin:g}."
-        if c.margin
-        else ""
-    )
+    p_value, more = p_text(r.p_value), claim_text.p_sentences(cr)
     lines = [
         f"### {c.id}. {c.says}",
         "",
         f"**{r.verdict}**. {a.label} - {b.label} on {c.metric_text()} ({METRICS[c.metric].meaning}; "
         f"{c.direction} is better): {number(r.diff, sign=True)}, {CONFIDENCE:.0%} CI "
         f"[{number(r.ci_low, sign=True)}, {number(r.ci_high, sign=True)}] ({r.test}, n = {r.n_a} and {r.n_b}, "
-        f"df = {number(r.df, 2)}, p = {p_value}; means {number(r.mean_a)} and {number(r.mean_b)}).{margin}",
+        f"df = {number(r.df, 2)}, p = {p_value}; means {number(r.mean_a)} and {number(r.mean_b)}).{more}",
         "",
         *([f"Design: {c.design}. {c.why}", ""] if c.why else [f"Design: {c.design}.", ""]),
         *[f"- {n}" for n in r.notes],
         *([""] if r.notes else []),
+        *claim_text.decide_lines(cr),
     ]
     seeds = sorted(set(a.values) | set(b.values))
     paired = cr.design_used == "paired"
@@ -283,6 +267,8 @@ def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
         if s not in arm.values or arm.values[s] is None:
             return "not finished"
         v = arm.values[s]
+        if v == math.inf:  # steps_to: never reached, censored at the run's last step (analysis.survival)
+            return censored_cell([None], horizon(arm.runs[s]))
         if not finite(v):
             return f"failed: {arm.failures.get(s, 'non-finite metric')}"
         return f"{v:.4f}"
@@ -293,7 +279,9 @@ def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
         row = f"| {s} | {cell(a, s)} | {cell(b, s)} |"
         if paired:
             va, vb = a.values.get(s), b.values.get(s)
-            row += f" {number(va - vb, sign=True) if finite(va) and finite(vb) else 'not paired'} |"
+            censored = math.inf in (va, vb) and all(v is not None and not math.isnan(v) for v in (va, vb))
+            shown = number(va - vb, sign=True) if finite(va) and finite(vb) else "not paired"
+            row += f" {'censored' if censored else shown} |"
         lines.append(row)
     if not paired:
         lines += ["", "(Listed by seed for reference; not paired.)"]
@@ -310,13 +298,18 @@ def _secondaries(a: Arm, b: Arm, thresholds) -> list[str]:
         for f in FRACTIONS:
             k = f"{key}_at_{f:g}"
             lines.append(f"| {name} at {f:.0%} of training | {summary_cell(vals(a, k))} | {summary_cell(vals(b, k))} |")
+
+    def end(arm: Arm, k: str) -> float | None:
+        """Where the arm's runs that never reached the threshold stopped (the earliest): each arm its own,
+        so that an arm that trained fewer steps is never shown as "> " the other arm's last step."""
+        ends = [e for e, v in zip(vals(arm, "steps_done"), vals(arm, k)) if v is None and finite(e)]
+        return min(ends, default=None)
+
     for t in thresholds:
         k = f"steps_to_{t:g}"
-        ends = vals(a, "steps_done") + vals(b, "steps_done")
-        end = max((e for e in ends if finite(e)), default=None)
         lines.append(
-            f"| steps to test accuracy {t:g} (median) | {censored_cell(vals(a, k), end)} | "
-            f"{censored_cell(vals(b, k), end)} |"
+            f"| steps to test accuracy {t:g} (median) | {censored_cell(vals(a, k), end(a, k))} | "
+            f"{censored_cell(vals(b, k), end(b, k))} |"
         )
     return lines
 
@@ -329,7 +322,7 @@ CURVE_FIGURES = (
     ("cross_entropy.png", [("train_ce", "training cross-entropy", None), ("test_ce", "test cross-entropy", None)]),
     ("compactness.png", [("compactness_ratio", "compactness: intra / inter class distance (lower = tighter)", None)]),
 )
-FIGURE_FILES = ("features_grid.png", *(f for f, _ in CURVE_FIGURES))  # every figure compare may write
+FIGURE_FILES = ("features_grid.png", REACHED_FIGURE, *(f for f, _ in CURVE_FIGURES))  # every figure compare may write
 
 
 def plot_curves(groups: list, out: Path) -> list[str]:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from centerexp.analysis import DEFAULT_THRESHOLDS
-from centerexp.analysis.claims import DESIGNS, ClaimSpec
+from centerexp.analysis.claims import ADJUSTMENTS, DESIGNS, ClaimSpec
 from centerexp.analysis.metrics import METRICS
 from centerexp.config import CHOICES, load_config, load_yaml, parse_override, steps_per_epoch, train_images
 from centerexp.errors import ConfigError
 
 PRECISIONS = ("auto", *[p for p in CHOICES["train.precision"] if p != "auto"])
-TOP_KEYS = ("name", "title", "description", "arms", "seeds", "thresholds", "profiles", "claims")
+TOP_KEYS = ("name", "title", "description", "arms", "seeds", "thresholds", "profiles", "claims", "adjust")
 ARM_KEYS = ("name", "label", "config", "overrides", "grid")
 PROFILE_KEYS = ("description", "overrides", "seeds", "thresholds", "precision")
 CLAIM_KEYS = ("id", "says", "better", "than", "metric", "at", "threshold", "design", "margin", "why")
@@ -194,7 +194,8 @@ def _profiles(raw: Any, seeds: int, thresholds, where: str) -> dict[str, Profile
     return profiles
 
 
-def _claims(raw: Any, arms: list[ArmSpec], where: str) -> tuple[ClaimSpec, ...]:
+def _claims(raw: Any, arms: list[ArmSpec], where: str, adjust: str = "none") -> tuple[ClaimSpec, ...]:
+    """The claims; ``adjust`` (the file's top-level key: none | holm, across its claims) goes on each."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -246,6 +247,7 @@ def _claims(raw: Any, arms: list[ArmSpec], where: str) -> tuple[ClaimSpec, ...]:
                 tuple(params),
                 float(margin),
                 str(item.get("why", "")).strip(),
+                adjust,
             )
         )
     return tuple(claims)
@@ -261,7 +263,10 @@ def load_experiment(path: str | Path) -> Experiment:
     thresholds = _thresholds(raw.get("thresholds", list(DEFAULT_THRESHOLDS)), f"{where}: thresholds")
     arms = _arms(raw["arms"], path.parent, f"{where}: arms")
     profiles = _profiles(raw.get("profiles"), seeds, thresholds, f"{where}: profiles")
-    claims = _claims(raw.get("claims"), arms, f"{where}: claims")
+    adjust = raw.get("adjust", "none")
+    if adjust not in ADJUSTMENTS:
+        raise ConfigError(f"{where}: adjust: must be one of {', '.join(ADJUSTMENTS)}, got {adjust!r}")
+    claims = _claims(raw.get("claims"), arms, f"{where}: claims", adjust)
     for profile in profiles.values():  # every run this file can ask for is a valid config
         for arm in arms:
             try:
