@@ -156,7 +156,7 @@ def compare(
     """Compare runs: table (grouped over seeds), overlaid curves, feature grid, report.md; the claims
     of their experiment with verdicts and 95% CIs (claims.json)."""
     from centerexp.analysis.compare import compare as run_compare
-    from centerexp.experiments.reproduce import experiment_of_runs
+    from centerexp.experiments.matching import experiment_of_runs
 
     for t in threshold:
         if not 0 < t <= 1:
@@ -185,9 +185,9 @@ def plot(
 ):
     """Redraw a run's loss curves and feature GIF from its files, e.g. while it is still training
     (a run without per-evaluation frames gets its last feature plot from features.pt)."""
-    from centerexp.plots import redraw_run
     from centerexp.rundir.folder import NOT_A_RUN, is_run_dir
     from centerexp.rundir.records import metrics_columns
+    from centerexp.training.outputs import redraw_run
 
     if not is_run_dir(run):
         raise CenterexpError(f"{run}: {NOT_A_RUN}", 2)
@@ -234,6 +234,16 @@ def reproduce(
     slurm_option: List[str] = typer.Option(
         [], "--slurm-option", help="Extra sbatch option KEY=VALUE, e.g. account=abc or qos=high (repeatable)."
     ),
+    reuse: List[Path] = typer.Option(
+        [],
+        "--reuse",
+        help="Also look here for done runs with the same config, seed and precision, and copy them instead "
+        "of training them again (repeatable).",
+        show_default="the runs root: the nearest folder named runs above --runs-dir",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan and its time estimate; train nothing, write no run folder."
+    ),
 ):
     """Train an experiment's arms over seeds, then judge its claims (report.md, claims.json)."""
     from centerexp.experiments.reproduce import reproduce as run_reproduce
@@ -243,7 +253,18 @@ def reproduce(
         launcher, jobs, partition, time_min, gpus_per_job, cpus_per_job, mem_gb, tuple(slurm_option)
     ).check()
     progress = False if quiet else None
-    run_reproduce(experiment, profile, seeds, runs_dir, progress, list(set_), echo=typer.echo, launcher=options)
+    run_reproduce(
+        experiment,
+        profile,
+        seeds,
+        runs_dir,
+        progress,
+        list(set_),
+        echo=typer.echo,
+        launcher=options,
+        reuse=list(reuse),
+        dry_run=dry_run,
+    )
 
 
 @app.command()

@@ -6,39 +6,21 @@ launcher (sweeps.launch) trains the specs that are not done; compare writes the 
 figures, report.md and claims.json. Every experiment goes through this one path.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
-from centerexp.analysis.compare import ClaimSet, compare
-from centerexp.analysis.runs import Run
-from centerexp.config import flatten, load_config
+from centerexp.analysis.compare import compare
+from centerexp.config import load_config
 from centerexp.errors import CenterexpError
+from centerexp.experiments.estimate import Estimate
+from centerexp.experiments.matching import claim_set, find_experiment
+from centerexp.experiments.matching import shown as _shown
 from centerexp.experiments.spec import Experiment, Profile, load_experiment
-from centerexp.rundir import files
+from centerexp.rundir import files, status
 from centerexp.rundir.folder import is_run_dir
 from centerexp.sweeps.jobs import LaunchOptions
 from centerexp.sweeps.launch import launch
 from centerexp.sweeps.spec import RunSpec, run_state
-
-REPO = Path(__file__).resolve().parents[2]  # the source checkout (configs/ lives there)
-EXPERIMENTS = REPO / "configs" / "experiments"
-
-
-def find_experiment(name_or_path: str | Path) -> Path:
-    """An experiment file by path, or by name under configs/experiments/ (``NAME`` -> NAME.yaml)."""
-    path = Path(name_or_path)
-    for candidate in (path, EXPERIMENTS / path, EXPERIMENTS / f"{path}.yaml", REPO / path):
-        if candidate.is_file():
-            return candidate
-    known = ", ".join(sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
-    raise CenterexpError(f"experiment file not found: {name_or_path} (experiments in {EXPERIMENTS}: {known})", 2)
-
-
-def _shown(path: Path) -> str:
-    """How a path is recorded: relative to the source checkout when inside it (so a clone elsewhere finds it)."""
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path.resolve())
 
 
 def profile_of(experiment: Experiment, name: str) -> Profile:
@@ -103,38 +85,6 @@ def plan(
     return specs
 
 
-def claim_set(experiment: Experiment) -> ClaimSet:
-    """The experiment as compare sees it. A run is an arm by its run.json; a run folder made
-    without one (before run.json existed) is matched by its config, the seed and precision aside."""
-    by_config = []
-    for profile in experiment.profiles.values():
-        for arm in experiment.arms:
-            cfg = flatten(load_config(arm.config, experiment.overrides(arm, profile)).to_dict())
-            by_config.append((_without_seed(cfg), arm.name))
-
-    def arm_of(run: Run) -> str | None:
-        if run.identity.get("experiment") == experiment.name:
-            return run.identity.get("arm")
-        if run.identity.get("experiment"):
-            return None  # another experiment's run
-        key = _without_seed(run.config)
-        return next((name for cfg, name in by_config if cfg == key), None)
-
-    return ClaimSet(
-        experiment.name,
-        _shown(experiment.path),
-        experiment.title,
-        {a.name: a.label for a in experiment.arms},
-        experiment.claims,
-        arm_of,
-        experiment.full_recipe,
-    )
-
-
-def _without_seed(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in ("train.seed", "train.precision", "train.threads")}
-
-
 def reproduce(
     experiment_file: str | Path,
     profile: str = "full",
@@ -145,15 +95,53 @@ def reproduce(
     echo=print,
     launcher: LaunchOptions | None = None,
     measure=None,
-) -> dict:
+    reuse: list[Path] = (),
+    dry_run: bool = False,
+    rates=None,
+) -> dict | Estimate:
     """Train every missing or unfinished run, then compare them all into runs_dir/report.md.
 
-    Runs that fail do not stop the others: the report is written, then a CenterexpError names them.
+    Before training: runs identical to a done run under ``reuse`` or the runs root (same config,
+    seed and precision) are copied instead of trained (sweeps.reuse), and the plan line says what
+    is left and what it will cost here (experiments.estimate; ``rates`` replaces the measured
+    rates in tests). ``dry_run``: print the plan and return its Estimate; nothing is trained or
+    written but the speed cache. Runs that fail do not stop the others: the report is written,
+    then a CenterexpError names them.
     """
+    import sys
+    import time
+
+    from centerexp.experiments.estimate import ExperimentBar, duration, estimate
+    from centerexp.sweeps.jobs import cpu_count
+    from centerexp.sweeps.reuse import reusable, reuse_completed, runs_root
+
     experiment = load_experiment(find_experiment(experiment_file))
     runs_dir = Path(runs_dir or Path("runs") / experiment.name / profile)
+    options = (launcher or LaunchOptions()).check()
     specs = plan(experiment, profile, seeds, runs_dir, list(extra), measure)
-    unfinished = launch(specs, (launcher or LaunchOptions()).check(), runs_dir, progress, echo)
+    roots = [*map(Path, reuse), runs_root(runs_dir)]
+    jobs = options.jobs or 1
+    price = {"rates": rates} if rates else {}
+    if dry_run:
+        sources = reusable(specs, roots, runs_dir)
+        planned = [replace(s, state=status.COMPLETED) if s.name in sources else s for s in specs]
+        cost = estimate(planned, jobs, cpu_count(), reused=len(sources), **price)
+        echo(f"plan: {cost.line()}")
+        for name, source in sources.items():
+            echo(f"  {name}: would reuse {source}")
+        echo("dry run: nothing trained, no run folder written")
+        return cost
+    before = {s.name for s in specs if s.state in status.DONE}
+    specs = reuse_completed(specs, roots, runs_dir, echo)
+    reused = sum(s.state in status.DONE and s.name not in before for s in specs)
+    cost = estimate(specs, jobs, cpu_count(), reused=reused, **price)
+    echo(f"plan: {cost.line()}")
+    started = time.monotonic()
+    show = sys.stderr.isatty() if progress is None else progress
+    with ExperimentBar(specs, cost, enabled=show and bool(cost.to_run)):
+        unfinished = launch(specs, options, runs_dir, progress, echo)
+    if cost.to_run:
+        echo(f"trained in {duration(time.monotonic() - started)} (estimated {duration(cost.seconds)})")
     thresholds = experiment.profiles[profile].thresholds
     result = compare([s.run_dir for s in specs], runs_dir, thresholds, echo=echo, claim_set=claim_set(experiment))
     if unfinished:
@@ -163,26 +151,3 @@ def reproduce(
             "run the same command again to train or resume them"
         )
     return result
-
-
-def experiment_of_runs(paths: list[Path], name_or_path: str | None = None, warn=print) -> tuple[ClaimSet | None, tuple]:
-    """(the experiment's ClaimSet, its profile's thresholds) for compare: the one named, or the one
-    the runs' run.json names (when they all name the same); (None, ()) for runs of no experiment,
-    or (with a warning) when the file their run.json names cannot be read any more."""
-    from centerexp.rundir.folder import read_identity
-
-    identities = [read_identity(p) for p in map(Path, paths) if is_run_dir(p)]
-    if name_or_path is None:
-        files_named = {i.get("experiment_file") for i in identities if i.get("experiment_file")}
-        if len(files_named) != 1:
-            return None, ()
-        try:
-            experiment = load_experiment(find_experiment(files_named.pop()))
-        except CenterexpError as e:
-            warn(f"the runs' experiment cannot be read ({e}): comparing without its claims")
-            return None, ()
-    else:
-        experiment = load_experiment(find_experiment(name_or_path))
-    profiles = {i.get("profile") for i in identities if i.get("experiment") == experiment.name}
-    profile = experiment.profiles.get(profiles.pop()) if len(profiles) == 1 else None
-    return claim_set(experiment), profile.thresholds if profile else ()

@@ -224,6 +224,9 @@ def write_run_header(run_dir: Path, config_text: str, command: str, env: dict) -
     write_json(env_path, env)
 
 
+REUSED_FROM = "reused_from"  # run.json: the run folder a reused run was copied from (sweeps.reuse)
+
+
 def read_identity(run_dir: Path) -> dict:
     """run.json: what the run is part of (experiment, arm, profile) and its fingerprint; {} if absent."""
     try:
