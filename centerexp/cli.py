@@ -244,6 +244,19 @@ def reproduce(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan and its time estimate; train nothing, write no run folder."
     ),
+    until_decided: bool = typer.Option(
+        False,
+        "--until-decided",
+        help="Train one seed per arm at a time and judge the claims after each round from the 3rd, with a "
+        "group-sequential design that keeps the error rate at 5%; stop when every claim is decided.",
+    ),
+    max_seeds: Optional[int] = typer.Option(
+        None,
+        "--max-seeds",
+        min=3,
+        help="With --until-decided: the most seeds per arm.",
+        show_default="the profile's sequential.max_seeds, else 10",
+    ),
 ):
     """Train an experiment's arms over seeds, then judge its claims (report.md, claims.json)."""
     from centerexp.experiments.reproduce import reproduce as run_reproduce
@@ -264,6 +277,8 @@ def reproduce(
         launcher=options,
         reuse=list(reuse),
         dry_run=dry_run,
+        until_decided=until_decided,
+        max_seeds=max_seeds,
     )
 
 

@@ -160,6 +160,7 @@ class ClaimResult:
     failures_as_worst: dict | None = None  # the verdict with failed runs counted as the worst value
     decide: dict | None = None  # inconclusive: what would decide it (analysis.power)
     improvement: dict | None = None  # P(a better than b) with its bootstrap interval (no verdict)
+    sequential: object | None = None  # analysis.sequential.SequentialHistory, when seeds run until decided
 
     def to_json(self) -> dict:
         """claims.json's entry for the claim; None where there is no number (JSON has no NaN)."""
@@ -179,6 +180,8 @@ class ClaimResult:
             "what_would_decide": self.decide,
             "prob_improvement": self.improvement,
         }
+        if self.sequential is not None:
+            extra["sequential"] = self.sequential.to_json()
         return {**head, **metric, **design, **interval, **counts, **more, **family, **extra, "notes": r.notes}
 
 

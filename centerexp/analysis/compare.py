@@ -49,6 +49,7 @@ class ClaimSet:
     arm_of: Callable[[Run], str | None]  # which arm a run is (run.json's, or by its config)
     coverage: dict = field(default_factory=dict)  # the full recipe: steps, batch_size, lamda
     protocol: str = ""  # how runs without run.json were matched to arms, when not by a profile
+    sequential: object | None = None  # analysis.sequential.SequentialDesign: seeds until decided
     unmatched: tuple[str, ...] = ()  # one line per run that matches no arm, with the keys that differ
 
 
@@ -193,6 +194,18 @@ def csv_text(header: list[str], rows: list[list[str]]) -> str:
 # --- the command ----------------------------------------------------------------------------
 
 
+def judge_runs(runs: list[Run], claim_set: ClaimSet, warn, thresholds=()) -> list:
+    """The experiment's claims judged on ``runs`` (fixed n, or by its sequential design)."""
+    for run in runs:
+        run.figures = run.figures or run_figures(run, thresholds)
+    results = judge_all(claim_set.claims, arms_from_runs(runs, claim_set.arm_of, claim_set.arms, warn))
+    if claim_set.sequential is not None:
+        from centerexp.analysis.until_decided import apply_design
+
+        apply_design(results, claim_set.sequential)
+    return results
+
+
 def compare(
     paths: list[Path],
     out: Path,
@@ -214,10 +227,7 @@ def compare(
     table = report.markdown_table(header, rows)
     echo(table)
 
-    results = []
-    if claim_set:
-        arms = arms_from_runs(runs, claim_set.arm_of, claim_set.arms, warn)
-        results = judge_all(claim_set.claims, arms)
+    results = judge_runs(runs, claim_set, warn, thresholds) if claim_set else []
     if results:
         echo("")
         if claim_set.protocol:

@@ -18,6 +18,7 @@ from centerexp.analysis.origin import provenance
 from centerexp.analysis.runs import FRACTIONS
 from centerexp.analysis.stats import CONFIDENCE, censored_median, finite
 from centerexp.analysis.survival import REACHED_FIGURE, horizon
+from centerexp.analysis.until_decided import design_lines
 from centerexp.rundir import files, status
 from centerexp.rundir.schema import MISSING, format_value
 
@@ -257,6 +258,7 @@ def _claim_details(cr: ClaimResult, thresholds) -> list[str]:
         *[f"- {n}" for n in r.notes],
         *([""] if r.notes else []),
         *claim_text.decide_lines(cr),
+        *design_lines(cr),
     ]
     seeds = sorted(set(a.values) | set(b.values))
     paired = cr.design_used == "paired"

@@ -6,7 +6,10 @@ launcher (sweeps.launch) trains the specs that are not done; compare writes the 
 figures, report.md and claims.json. Every experiment goes through this one path.
 """
 
-from dataclasses import replace
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from centerexp.analysis.compare import compare
@@ -85,6 +88,72 @@ def plan(
     return specs
 
 
+DEFAULT_MAX_SEEDS = 10  # --until-decided without --max-seeds or a profile's sequential.max_seeds
+
+
+@dataclass
+class Session:
+    """What every round of one `reproduce` call shares: where runs go, how they are launched and priced."""
+
+    runs_dir: Path
+    options: LaunchOptions
+    roots: list[Path]  # where identical done runs are looked for (sweeps.reuse)
+    progress: object
+    echo: Callable
+    rates: Callable | None = None  # replaces the measured rates (tests)
+
+    def price(self, specs: list[RunSpec], reused: int = 0) -> Estimate:
+        from centerexp.experiments.estimate import estimate
+        from centerexp.sweeps.jobs import cpu_count
+
+        return estimate(
+            specs, self.options.jobs or 1, cpu_count(), reused, **({"rates": self.rates} if self.rates else {})
+        )
+
+    def dry_run(self, specs: list[RunSpec], note: str = "") -> Estimate:
+        """Print the plan and its estimate; train nothing, write no run folder."""
+        from centerexp.sweeps.reuse import reusable
+
+        sources = reusable(specs, self.roots, self.runs_dir)
+        planned = [replace(s, state=status.COMPLETED) if s.name in sources else s for s in specs]
+        cost = self.price(planned, len(sources))
+        self.echo(f"plan: {cost.line()}{note}")
+        for name, source in sources.items():
+            self.echo(f"  {name}: would reuse {source}")
+        self.echo("dry run: nothing trained, no run folder written")
+        return cost
+
+    def train(self, specs: list[RunSpec]) -> tuple[list[RunSpec], list]:
+        """Reuse identical done runs, print the plan, train the rest: (the specs as now, unfinished outcomes)."""
+        from centerexp.experiments.estimate import ExperimentBar, duration
+        from centerexp.sweeps.reuse import reuse_completed
+
+        before = {s.name for s in specs if s.state in status.DONE}
+        specs = reuse_completed(specs, self.roots, self.runs_dir, self.echo)
+        cost = self.price(specs, sum(s.state in status.DONE and s.name not in before for s in specs))
+        self.echo(f"plan: {cost.line()}")
+        started = time.monotonic()
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        with ExperimentBar(specs, cost, enabled=show and bool(cost.to_run)):
+            unfinished = launch(specs, self.options, self.runs_dir, self.progress, self.echo)
+        if cost.to_run:
+            self.echo(f"trained in {duration(time.monotonic() - started)} (estimated {duration(cost.seconds)})")
+        return specs, unfinished
+
+
+def sequential_design(profile: Profile, seeds: int | None, until_decided: bool, max_seeds: int | None):
+    """The group-sequential design of a `reproduce` call, or None for the fixed n (the default)."""
+    if max_seeds is not None and not until_decided and profile.max_seeds is None:
+        raise CenterexpError("--max-seeds goes with --until-decided (or a profile's sequential: {max_seeds: N})", 2)
+    if not (until_decided or profile.max_seeds):
+        return None
+    if seeds is not None:
+        raise CenterexpError("--seeds fixes n: with seeds until decided, give --max-seeds instead", exit_code=2)
+    from centerexp.analysis.sequential import SequentialDesign
+
+    return SequentialDesign(max_n=max_seeds or profile.max_seeds or DEFAULT_MAX_SEEDS)
+
+
 def reproduce(
     experiment_file: str | Path,
     profile: str = "full",
@@ -98,6 +167,8 @@ def reproduce(
     reuse: list[Path] = (),
     dry_run: bool = False,
     rates=None,
+    until_decided: bool = False,
+    max_seeds: int | None = None,
 ) -> dict | Estimate:
     """Train every missing or unfinished run, then compare them all into runs_dir/report.md.
 
@@ -105,45 +176,32 @@ def reproduce(
     seed and precision) are copied instead of trained (sweeps.reuse), and the plan line says what
     is left and what it will cost here (experiments.estimate; ``rates`` replaces the measured
     rates in tests). ``dry_run``: print the plan and return its Estimate; nothing is trained or
-    written but the speed cache. Runs that fail do not stop the others: the report is written,
-    then a CenterexpError names them.
+    written but the speed cache. ``until_decided`` (or the profile's ``sequential`` key): train in
+    rounds of one seed per arm and judge the claims by the group-sequential design after each
+    round from the third, stopping when every claim is decided or at ``max_seeds``. Runs that fail
+    do not stop the others: the report is written, then a CenterexpError names them.
     """
-    import sys
-    import time
-
-    from centerexp.experiments.estimate import ExperimentBar, duration, estimate
-    from centerexp.sweeps.jobs import cpu_count
-    from centerexp.sweeps.reuse import reusable, reuse_completed, runs_root
-
     experiment = load_experiment(find_experiment(experiment_file))
+    chosen = profile_of(experiment, profile)
+    design = sequential_design(chosen, seeds, until_decided, max_seeds)
     runs_dir = Path(runs_dir or Path("runs") / experiment.name / profile)
     options = (launcher or LaunchOptions()).check()
-    specs = plan(experiment, profile, seeds, runs_dir, list(extra), measure)
-    roots = [*map(Path, reuse), runs_root(runs_dir)]
-    jobs = options.jobs or 1
-    price = {"rates": rates} if rates else {}
-    if dry_run:
-        sources = reusable(specs, roots, runs_dir)
-        planned = [replace(s, state=status.COMPLETED) if s.name in sources else s for s in specs]
-        cost = estimate(planned, jobs, cpu_count(), reused=len(sources), **price)
-        echo(f"plan: {cost.line()}")
-        for name, source in sources.items():
-            echo(f"  {name}: would reuse {source}")
-        echo("dry run: nothing trained, no run folder written")
-        return cost
-    before = {s.name for s in specs if s.state in status.DONE}
-    specs = reuse_completed(specs, roots, runs_dir, echo)
-    reused = sum(s.state in status.DONE and s.name not in before for s in specs)
-    cost = estimate(specs, jobs, cpu_count(), reused=reused, **price)
-    echo(f"plan: {cost.line()}")
-    started = time.monotonic()
-    show = sys.stderr.isatty() if progress is None else progress
-    with ExperimentBar(specs, cost, enabled=show and bool(cost.to_run)):
-        unfinished = launch(specs, options, runs_dir, progress, echo)
-    if cost.to_run:
-        echo(f"trained in {duration(time.monotonic() - started)} (estimated {duration(cost.seconds)})")
-    thresholds = experiment.profiles[profile].thresholds
-    result = compare([s.run_dir for s in specs], runs_dir, thresholds, echo=echo, claim_set=claim_set(experiment))
+    from centerexp.sweeps.reuse import runs_root
+
+    session = Session(runs_dir, options, [*map(Path, reuse), runs_root(runs_dir)], progress, echo, rates)
+    claims = replace(claim_set(experiment), sequential=design)
+    if design is None:
+        specs = plan(experiment, profile, seeds, runs_dir, list(extra), measure)
+        if dry_run:
+            return session.dry_run(specs)
+        specs, unfinished = session.train(specs)
+    else:
+        if dry_run:
+            specs = plan(experiment, profile, design.max_n, runs_dir, list(extra), measure)
+            note = f"; at most: seeds until decided stops earlier when every claim is decided (up to {design.max_n})"
+            return session.dry_run(specs, note)
+        specs, unfinished = train_until_decided(experiment, profile, design, session, claims, list(extra), measure)
+    result = compare([s.run_dir for s in specs], runs_dir, chosen.thresholds, echo=echo, claim_set=claims)
     if unfinished:
         lines = "\n  ".join(o.describe() for o in unfinished)
         raise CenterexpError(
@@ -151,3 +209,30 @@ def reproduce(
             "run the same command again to train or resume them"
         )
     return result
+
+
+def train_until_decided(experiment, profile: str, design, session: Session, claims, extra, measure):
+    """Rounds of one seed per arm (the first round brings every arm to the design's first look), each
+    followed by a look at every claim; stop when all are decided, at max_n, or when runs did not finish."""
+    from centerexp.analysis.compare import judge_runs
+    from centerexp.analysis.runs import load_runs
+    from centerexp.analysis.until_decided import all_decided
+
+    for n in design.looks:
+        specs, unfinished = session.train(plan(experiment, profile, n, session.runs_dir, extra, measure))
+        if unfinished:
+            return specs, unfinished
+        runs = load_runs([s.run_dir for s in specs], session.echo)
+        results = judge_runs(runs, claims, lambda msg: session.echo(f"warning: {msg}"))
+        verdicts = "; ".join(f"claim {cr.claim.id}: {_look_verdict(cr)}" for cr in results)
+        session.echo(f"look at {n} seeds per arm: {verdicts}")
+        if all_decided(results):
+            if n < design.max_n:
+                session.echo(f"every claim is decided: stopped at {n} of at most {design.max_n} seeds per arm")
+            break
+    return specs, unfinished
+
+
+def _look_verdict(cr) -> str:
+    h = cr.sequential
+    return cr.result.verdict if h is None or h.done else "continue"

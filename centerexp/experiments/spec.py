@@ -23,7 +23,8 @@ from centerexp.errors import ConfigError
 PRECISIONS = ("auto", *[p for p in CHOICES["train.precision"] if p != "auto"])
 TOP_KEYS = ("name", "title", "description", "arms", "seeds", "thresholds", "profiles", "claims", "adjust")
 ARM_KEYS = ("name", "label", "config", "overrides", "grid")
-PROFILE_KEYS = ("description", "overrides", "seeds", "thresholds", "precision")
+PROFILE_KEYS = ("description", "overrides", "seeds", "thresholds", "precision", "sequential")
+SEQUENTIAL_KEYS = ("max_seeds",)
 CLAIM_KEYS = ("id", "says", "better", "than", "metric", "at", "threshold", "design", "margin", "why")
 
 
@@ -43,6 +44,7 @@ class Profile:
     seeds: int
     thresholds: tuple[float, ...]
     precision: str  # auto: measured once for the whole experiment; or pinned
+    max_seeds: int | None = None  # sequential: {max_seeds: N}: seeds until decided, up to N per arm
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,23 @@ def _profiles(raw: Any, seeds: int, thresholds, where: str) -> dict[str, Profile
             _seeds(body.get("seeds", seeds), f"{at}.seeds"),
             _thresholds(body["thresholds"], f"{at}.thresholds") if "thresholds" in body else thresholds,
             precision,
+            _sequential(body.get("sequential"), f"{at}.sequential"),
         )
     return profiles
+
+
+def _sequential(raw: Any, where: str) -> int | None:
+    """A profile's ``sequential: {max_seeds: N}`` (seeds until decided), as N; None when absent."""
+    if raw is None:
+        return None
+    body = _mapping(raw, SEQUENTIAL_KEYS, where, required=SEQUENTIAL_KEYS)
+    from centerexp.analysis.sequential import MAX_SEEDS
+    from centerexp.analysis.stats import MIN_RUNS
+
+    n = body["max_seeds"]
+    if isinstance(n, bool) or not isinstance(n, int) or not MIN_RUNS <= n <= MAX_SEEDS:
+        raise ConfigError(f"{where}.max_seeds: expected a whole number from {MIN_RUNS} to {MAX_SEEDS}, got {n!r}")
+    return n
 
 
 def _claims(raw: Any, arms: list[ArmSpec], where: str, adjust: str = "none") -> tuple[ClaimSpec, ...]:
