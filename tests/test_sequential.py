@@ -1,4 +1,4 @@
-"""Seeds until decided (centerexp.analysis.sequential): the boundaries, the error guarantee under
+"""Seeds until decided (centerexp.analysis.sequential_design, .sequential): the boundaries, the error guarantee under
 optional stopping and the saving in seeds, shown by simulation with fixed seeds, and each edge
 case of a look.
 
@@ -13,18 +13,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from centerexp.analysis import sequential
 from centerexp.analysis.sequential import (
     CONTINUE,
-    SequentialDesign,
     first_crossings,
     history,
     look,
-    obf_spending,
     operating_characteristics,
     t_paths,
-    z_boundaries,
 )
+from centerexp.analysis.sequential_design import MAX_SEEDS, SequentialDesign, obf_spending, z_boundaries
 from centerexp.analysis.stats import (
     CONTRADICTED,
     INCONCLUSIVE,
@@ -218,7 +215,7 @@ def test_design_is_checked():
     with pytest.raises(ValueError, match="between"):
         SequentialDesign(2)
     with pytest.raises(ValueError, match="between"):
-        SequentialDesign(sequential.MAX_SEEDS + 1)
+        SequentialDesign(MAX_SEEDS + 1)
     with pytest.raises(ValueError, match="calibration"):
         SequentialDesign(10, calibration="normal")
     with pytest.raises(ValueError, match="no look after 11"):

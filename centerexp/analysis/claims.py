@@ -92,6 +92,16 @@ class Arm:
     failures: dict[int, str] = field(default_factory=dict)  # seed -> error of a failed run
     no_value: dict[int, str] = field(default_factory=dict)  # seed -> why a completed run has no value: left out
 
+    def unfinished_note(self) -> str | None:
+        """The note on this arm's seeds without a finished run (left out, not failed); None if none."""
+        unfinished = sorted(s for s, v in self.values.items() if v is None and s not in self.no_value)
+        if not unfinished:
+            return None
+        return (
+            f"{self.label}: seed(s) {', '.join(map(str, unfinished))} not finished (running or interrupted): "
+            "left out, not counted as failed."
+        )
+
 
 def arms_from_runs(runs: list[Run], arm_of: Callable[[Run], str | None], labels: dict[str, str], warn) -> dict:
     """Arm name -> Arm with its runs by seed; a seed given twice keeps the first run (with a warning)."""
@@ -336,12 +346,8 @@ def judge(claim: ClaimSpec, arms: dict[str, Arm]) -> ClaimResult:
         result.verdict = NOT_COMPARABLE
         result.notes[:0] = mismatch
     for arm in (a, b):
-        unfinished = sorted(s for s, v in arm.values.items() if v is None and s not in arm.no_value)
-        if unfinished:
-            result.notes.append(
-                f"{arm.label}: seed(s) {', '.join(map(str, unfinished))} not finished (running or interrupted): "
-                "left out, not counted as failed."
-            )
+        if unfinished := arm.unfinished_note():
+            result.notes.append(unfinished)
         for reason in dict.fromkeys(arm.no_value.values()):
             left = ", ".join(str(s) for s in sorted(arm.no_value) if arm.no_value[s] == reason)
             result.notes.append(

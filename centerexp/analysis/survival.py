@@ -300,13 +300,7 @@ def judge(claim, a, b, design: str, note: str | None, mismatch: list[str]) -> tu
     result = judge_times(claim, a, b, design, mismatch)
     if note:
         result.notes.insert(len(mismatch), note)
-    for arm in (a, b):
-        unfinished = sorted(s for s, v in arm.values.items() if v is None and s not in arm.no_value)
-        if unfinished:
-            result.notes.append(
-                f"{arm.label}: seed(s) {', '.join(map(str, unfinished))} not finished (running or interrupted): "
-                "left out, not counted as failed."
-            )
+    result.notes += [line for line in (a.unfinished_note(), b.unfinished_note()) if line]
     if not finite(result.p_value):
         return result, None
     _, _, ta, tb = used_times(a, b, design == "paired")

@@ -1,4 +1,4 @@
-"""Claims judged by the sequential design (analysis.sequential) instead of at a fixed n.
+"""Claims judged by the sequential design (analysis.sequential_design, .sequential) instead of at a fixed n.
 
 ``apply_design(results, design)`` replays each claim's group-sequential looks on its per-seed values
 (the same values the fixed-n test used, in seed order) and makes the verdict at the stop the claim's
@@ -9,7 +9,8 @@ and claims that are not comparable or lack the runs for any verdict.
 """
 
 from centerexp.analysis.claims import ClaimResult
-from centerexp.analysis.sequential import CONTINUE, SequentialDesign, SequentialHistory, history
+from centerexp.analysis.sequential import CONTINUE, SequentialHistory, history
+from centerexp.analysis.sequential_design import SequentialDesign
 from centerexp.analysis.stats import INCONCLUSIVE, INSUFFICIENT, NOT_COMPARABLE
 
 NOT_SEQUENTIAL_METRICS = {"steps_to"}

@@ -7,7 +7,10 @@ With the same ``train.seed`` the two runs of a pair start from the same weights 
 see the same batches; only the arithmetic differs. So the per-seed difference (candidate -
 reference) is the unit, and its mean gets a paired t 95% interval (``stats.paired_test``), for the
 primary metric of the shipped claims (area under test accuracy vs step) and for the final test
-accuracy. An interval that contains 0 bounds the difference; it does not prove there is none.
+accuracy. An interval that contains 0 bounds the difference; it does not prove there is none. When
+every pair differs by the same amount (often exactly 0, where the candidate changes no number) a t
+interval would have zero width and prove nothing: the exact sign test's p is given instead, with
+its interval only where the seeds are enough for 95% (6 or more).
 
 The default profile is the quick profile's dynamics (batch 64 with lamda scaled to 0.25) at twice
 its length: 1,920 images x 6 epochs = 180 steps, 2.6% of the full recipe. It says nothing about
@@ -19,6 +22,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from centerexp.analysis.claim_text import p_text
 from centerexp.analysis.metrics import METRICS
 from centerexp.analysis.stats import finite, paired_test
 from centerexp.rundir import status
@@ -125,8 +129,10 @@ def parity(
         result["metrics"][key] = {
             "name": name,
             "difference": t.diff,  # candidate - reference
-            "ci_low": t.ci_low,
+            "ci_low": t.ci_low,  # NaN (null) where there is no 95% interval
             "ci_high": t.ci_high,
+            "test": t.test,  # "paired t", or "exact sign test" when every difference is the same
+            "p_value": t.p_value,  # two-sided, against no difference
             "n": t.n_a,
             "failed_candidate": t.failed_a,
             "failed_reference": t.failed_b,
@@ -145,15 +151,33 @@ def parity(
     return result
 
 
+def _mean(x, sign: str = "") -> str:
+    """A mean or difference to 4 decimals; "-" where there is none (null in parity.json)."""
+    return format(x, f"{sign}.4f") if finite(x) else "-"
+
+
 def format_parity(r: dict) -> str:
     ref, cand = r["reference"], r["candidate"]
     lines = [f"{r['compared']}: {cand} vs {ref}, {r['config']}, {r['seeds']} paired seeds, {' '.join(r['profile'])}"]
     for m in r["metrics"].values():
         failed = m["failed_candidate"] + m["failed_reference"]
-        lines.append(
-            f"  {m['name']}: {cand} {m['mean_candidate']:.4f}, {ref} {m['mean_reference']:.4f}, difference "
-            f"{m['difference']:+.4f}, 95% CI [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] (paired t, n={m['n']}"
-            + (f", failed: {cand} {m['failed_candidate']}, {ref} {m['failed_reference']})" if failed else ")")
+        counts = f"n={m['n']}" + (
+            f", failed: {cand} {m['failed_candidate']}, {ref} {m['failed_reference']}" if failed else ""
         )
-    lines.append(f"  training time per epoch, {ref} / {cand}: {r['speedup']:.2f}x")
+        has_ci = finite(m["ci_low"]) and finite(m["ci_high"])
+        interval = f"95% CI [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]" if has_ci else None
+        test = m.get("test", "paired t")  # parity.json written before it recorded its test: always paired t
+        if test == "paired t":
+            judged = f"{interval or 'no 95% CI'} ({test}, {counts})"
+        else:  # every difference equal: a t interval would have zero width; the exact test's p instead
+            judged = (
+                f"all {m['n']} differences equal: {test} p = {p_text(m.get('p_value'))}, "
+                f"{interval or 'too few pairs for a 95% CI'} ({counts})"
+            )
+        lines.append(
+            f"  {m['name']}: {cand} {_mean(m['mean_candidate'])}, {ref} {_mean(m['mean_reference'])}, "
+            f"difference {_mean(m['difference'], '+')}, {judged}"
+        )
+    speedup = f"{r['speedup']:.2f}x" if finite(r["speedup"]) else "-"
+    lines.append(f"  training time per epoch, {ref} / {cand}: {speedup}")
     return "\n".join(lines)

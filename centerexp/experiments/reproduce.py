@@ -149,7 +149,7 @@ def sequential_design(profile: Profile, seeds: int | None, until_decided: bool, 
         return None
     if seeds is not None:
         raise CenterexpError("--seeds fixes n: with seeds until decided, give --max-seeds instead", exit_code=2)
-    from centerexp.analysis.sequential import SequentialDesign
+    from centerexp.analysis.sequential_design import SequentialDesign
 
     return SequentialDesign(max_n=max_seeds or profile.max_seeds or DEFAULT_MAX_SEEDS)
 

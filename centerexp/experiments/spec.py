@@ -202,7 +202,7 @@ def _sequential(raw: Any, where: str) -> int | None:
     if raw is None:
         return None
     body = _mapping(raw, SEQUENTIAL_KEYS, where, required=SEQUENTIAL_KEYS)
-    from centerexp.analysis.sequential import MAX_SEEDS
+    from centerexp.analysis.sequential_design import MAX_SEEDS
     from centerexp.analysis.stats import MIN_RUNS
 
     n = body["max_seeds"]
