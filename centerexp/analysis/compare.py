@@ -49,8 +49,8 @@ class ClaimSet:
     arm_of: Callable[[Run], str | None]  # which arm a run is (run.json's, or by its config)
     coverage: dict = field(default_factory=dict)  # the full recipe: steps, batch_size, lamda
     protocol: str = ""  # how runs without run.json were matched to arms, when not by a profile
-    sequential: object | None = None  # analysis.sequential_design.SequentialDesign: seeds until decided
     unmatched: tuple[str, ...] = ()  # one line per run that matches no arm, with the keys that differ
+    sequential: object | None = None  # analysis.sequential_design.SequentialDesign: seeds until decided
 
 
 @dataclass

@@ -201,8 +201,8 @@ def claim_set(experiment: Experiment, paths=(), warn=None) -> ClaimSet:
         experiment.claims,
         arm_of,
         experiment.full_recipe,
-        protocol.text if protocol else "",
-        tuple(unmatched),
+        protocol=protocol.text if protocol else "",
+        unmatched=tuple(unmatched),
     )
 
 
