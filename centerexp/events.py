@@ -7,14 +7,16 @@ their last value, the run's final one), each evaluation's feature figure as an i
 end the test features as a projector embedding (digit labels, MNIST thumbnails as a sprite, the
 class centers as ten extra labelled points).
 
-Resume: the events of steps after the checkpoint are purged (SummaryWriter's purge_step), so a
-killed and resumed run shows each step once; events are flushed before each checkpoint is
-written, so nothing the checkpoint commits can be lost. A run that starts from step 0 starts a
+Resume: a resumed run purges every event after step 0 (SummaryWriter's purge_step) and logs its
+committed rows again (training/outputs.py: the feature images come from the process that draws the
+frames), so a killed and resumed run shows each step once; rows are flushed before each checkpoint
+is written, so nothing the checkpoint commits can be lost. A run that starts from step 0 starts a
 fresh tb/.
 """
 
 import math
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -42,7 +44,8 @@ def hparam_value(value):
 
 class RunEvents:
     """The writer of one run's tb/. ``committed_step``: the step the run (re)starts from; 0 for a
-    run that starts from scratch (tb/ is started afresh), else events after it are purged."""
+    run that starts from scratch (tb/ is started afresh), else every event after step 0 (the
+    hparams) is purged, for the run to log again."""
 
     def __init__(self, run_dir: Path, committed_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
@@ -52,7 +55,7 @@ class RunEvents:
             shutil.rmtree(self.dir, ignore_errors=True)
         existing = list(self.dir.glob("events.out.tfevents.*"))
         self.had_events = bool(existing)
-        purge = committed_step + 1 if committed_step and self.had_events else None
+        purge = 1 if committed_step and self.had_events else None
         if purge:
             wait_for_a_later_second(existing)
         self.writer = SummaryWriter(str(self.dir), purge_step=purge, flush_secs=3600)  # we flush ourselves
@@ -76,12 +79,14 @@ class RunEvents:
                 self.writer.add_scalar(BY_NAME[name].tag, value, step)
 
     def image(self, png: Path, step: int, tag: str = FEATURES_IMAGE) -> None:
-        import numpy as np
-        from PIL import Image
+        """A PNG file as the image at ``step``, as it is: not decoded and encoded again."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        with Image.open(png) as im:
-            pixels = np.asarray(im.convert("RGB"))
-        self.writer.add_image(tag, pixels, step, dataformats="HWC")
+        data = Path(png).read_bytes()
+        width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}[data[25]]  # by PNG colour type
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=data)
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def embedding(self, features, labels, images, centers, step: int) -> None:
         """The projector's points: test features (full width) with their digit and thumbnail, and
@@ -143,10 +148,12 @@ def frame_steps(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def write_records(events: RunEvents, run_dir: Path, cfg: Config) -> int | None:
-    """The run's hparams and its metrics.csv rows as scalars (a run starting afresh, a resume
-    without tb/, `centerexp board` for a run without tb/). Returns the last row's step (None: no rows)."""
-    events.hparams(cfg, read_identity(run_dir))
+def write_records(events: RunEvents, run_dir: Path, cfg: Config, hparams: bool = True) -> int | None:
+    """The run's hparams (unless not ``hparams``) and its metrics.csv rows as scalars (a run
+    starting afresh or resumed, `centerexp board` for a run without tb/). Returns the last row's
+    step (None: no rows)."""
+    if hparams:
+        events.hparams(cfg, read_identity(run_dir))
     path = Path(run_dir) / files.METRICS
     m = metrics_columns(path) if path.exists() else {"step": []}
     steps = [i for i, step in enumerate(m["step"]) if step == step]  # a row of run format 1 has no step

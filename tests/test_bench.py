@@ -1,7 +1,8 @@
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.experiments.bench import flop_per_image, format_bench, layer_table, matmul_peak, run_bench
+from centerexp.experiments.bench import flop_per_image, layer_table, matmul_peak, run_bench
+from centerexp.experiments.bench_report import format_bench
 
 
 def test_flop_count_matches_the_known_v1_cost():
@@ -110,3 +111,34 @@ def test_bench_json_and_bad_option():
     assert '"centerexp_fp32_images_per_s"' in r.output
     r = runner.invoke(app, ["bench", "--device", "tpu"])
     assert r.exit_code == 2 and "error: --device must be" in r.output
+
+
+def test_the_committed_parity_results_have_the_fields_parity_writes_today():
+    """runs/reference/parity*/parity.json, read by today's format_parity: the field names parity()
+    writes (compared, reference, candidate, difference, test, speedup...), not older ones."""
+    import json
+    from pathlib import Path
+
+    from centerexp.experiments.parity import format_parity
+
+    found = sorted((Path(__file__).resolve().parent.parent / "runs" / "reference").glob("parity*/parity.json"))
+    assert len(found) == 2
+    for path in found:
+        r = json.loads(path.read_text())
+        assert set(r) == {
+            "config",
+            "compared",
+            "reference",
+            "candidate",
+            "profile",
+            "seeds",
+            "metrics",
+            "per_seed",
+            "speedup",
+        }
+        assert set(r["per_seed"]) == {r["reference"], r["candidate"]}
+        for m in r["metrics"].values():
+            assert set(m) == {"name", "difference", "ci_low", "ci_high", "test", "p_value", "n"} | {
+                f"{what}_{arm}" for what in ("failed", "mean") for arm in ("candidate", "reference")
+            }
+        assert f"{r['candidate']} vs {r['reference']}" in format_parity(r)

@@ -16,20 +16,37 @@ from centerexp.training.runtime import Runtime
 SHAPES = [(1, 3, 28), (3, 4, 14), (4, 5, 7), (5, 3, 3), (2, 2, 5), (3, 2, 1)]
 
 
-def reference_and_candidate(algorithm, c_in, c_out, h, dtype, autocast=False, width=None):
-    width = width or h
+def draws(c_in, c_out, h, width=None):
+    """A case's input, weight and output gradient in fp64, seeded by its shape."""
     gen = torch.Generator().manual_seed(c_in * 100 + h)
-    x = torch.randn(3, c_in, h, width, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(c_out, c_in, 5, 5, generator=gen, dtype=dtype)
-    grad = torch.randn(3, c_out, h, width, generator=gen, dtype=dtype)
-    outs = []
-    for fn in (lambda x, w: F.conv2d(x, w, padding=2), lambda x, w: conv.FUNCTIONS[algorithm](x, w, 2)):
-        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = fn(xi, wi)
-        y.float().backward(grad.float())
-        outs.append((y.float(), xi.grad, wi.grad))
-    return outs
+    x = torch.randn(3, c_in, h, width or h, generator=gen, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, 5, 5, generator=gen, dtype=torch.float64)
+    grad = torch.randn(3, c_out, h, width or h, generator=gen, dtype=torch.float64)
+    return x, w, grad
+
+
+def library(x, w):
+    return F.conv2d(x, w, padding=2)
+
+
+def candidate(algorithm):
+    return lambda x, w: conv.FUNCTIONS[algorithm](x, w, 2)
+
+
+def through(fn, x, w, grad, bf16=False):
+    """Output, input gradient and weight gradient of ``fn(x, w)`` (under bf16 autocast with ``bf16``)."""
+    xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = fn(xi, wi)
+    y.float().backward(grad.float())
+    return y, xi.grad, wi.grad
+
+
+def reference_and_candidate(algorithm, c_in, c_out, h, width=None):
+    """The library's and ``algorithm``'s (output, input gradient, weight gradient), both in fp64."""
+    x, w, grad = draws(c_in, c_out, h, width)
+    x = x.contiguous(memory_format=torch.channels_last)
+    return through(library, x, w, grad), through(candidate(algorithm), x, w, grad)
 
 
 @pytest.mark.parametrize(
@@ -37,32 +54,25 @@ def reference_and_candidate(algorithm, c_in, c_out, h, dtype, autocast=False, wi
     [(a, *s) for a in ("toeplitz", "fft") for s in SHAPES if conv.applies(a, 5, 2, s[2], s[2])],
 )
 def test_each_algorithm_is_the_convolution_in_fp64(algorithm, c_in, c_out, h):
-    (y, gx, gw), (y2, gx2, gw2) = reference_and_candidate(algorithm, c_in, c_out, h, torch.float64)
+    (y, gx, gw), (y2, gx2, gw2) = reference_and_candidate(algorithm, c_in, c_out, h)
     for a, b in ((y, y2), (gx, gx2), (gw, gw2)):
         assert a.shape == b.shape
         assert (a - b).abs().max().item() < 1e-10 * max(1.0, a.abs().max().item())
 
 
 def test_fft_handles_a_rectangular_map():
-    (y, gx, gw), (y2, gx2, gw2) = reference_and_candidate("fft", 3, 4, 6, torch.float64, width=9)
+    (y, gx, gw), (y2, gx2, gw2) = reference_and_candidate("fft", 3, 4, 6, width=9)
     assert max((a - b).abs().max().item() for a, b in ((y, y2), (gx, gx2), (gw, gw2))) < 1e-10
 
 
 def errors_against_fp64(algorithm: str, c_in: int, c_out: int, h: int, bf16: bool) -> list[float]:
     """Largest error of the output, input gradient and weight gradient computed in fp32 (or under
     bf16 autocast) by ``algorithm``, against fp64 library truth, relative to each one's largest value."""
-    (y, gx, gw), _ = reference_and_candidate(algorithm, c_in, c_out, h, torch.float64)
-    gen = torch.Generator().manual_seed(c_in * 100 + h)  # the same draws as reference_and_candidate
-    x = torch.randn(3, c_in, h, h, generator=gen, dtype=torch.float64)
-    w = torch.randn(c_out, c_in, 5, 5, generator=gen, dtype=torch.float64)
-    grad = torch.randn(3, c_out, h, h, generator=gen, dtype=torch.float64)
-    xi = x.float().contiguous(memory_format=torch.channels_last).requires_grad_()
-    wi = w.float().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = conv.FUNCTIONS[algorithm](xi, wi, 2)
-    assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)  # what the library returns too
-    out.float().backward(grad.float())
-    return [((a.double() - t).abs().max() / t.abs().max()).item() for a, t in ((out, y), (xi.grad, gx), (wi.grad, gw))]
+    x, w, grad = draws(c_in, c_out, h)
+    truth = through(library, x, w, grad)
+    got = through(candidate(algorithm), x.float().contiguous(memory_format=torch.channels_last), w.float(), grad, bf16)
+    assert got[0].dtype == (torch.bfloat16 if bf16 else torch.float32)  # what the library returns too
+    return [((a.double() - t).abs().max() / t.abs().max()).item() for a, t in zip(got, truth)]
 
 
 @pytest.mark.parametrize("algorithm", conv.ALGORITHMS)
@@ -161,6 +171,37 @@ def test_auto_picks_the_fastest_only_when_it_beats_the_library_by_the_margin(tmp
     assert len(calls) == 12
     cache = json.loads((tmp_path / speedcache.CACHE_FILE).read_text())
     assert sum(v["what"][0] == "conv" for v in cache.values()) == 12
+
+
+def test_a_run_finds_its_layer_shapes_once_and_reads_the_speed_cache_once(tmp_path, monkeypatch):
+    """Choosing the algorithms finds the layer shapes (one forward pass) and reads the speed cache
+    once for all of them; the run's own model takes the shapes found, with no second pass."""
+    from centerexp.training.loop import build_parts
+
+    measure, _ = timings({28: {"library": 1.0}, 14: {"library": 1.0}, 7: {"library": 1.0, "fft": 0.5}})
+    Runtime.from_config(shallow_config(tmp_path), measure_conv=measure)  # measured and cached
+    passes, reads = [], []
+    real_inputs, real_read = conv.layer_inputs, speedcache._read
+
+    def layer_inputs(model, image_size=(28, 28), known=None):
+        passes.append(known is None)
+        return real_inputs(model, image_size, known)
+
+    monkeypatch.setattr(conv, "layer_inputs", layer_inputs)
+    monkeypatch.setattr(speedcache, "_read", lambda path: reads.append(path) or real_read(path))
+    cfg = shallow_config(tmp_path)
+    rt = Runtime.from_config(cfg, measure_conv=measure)
+    parts = build_parts(cfg, rt.device, rt.channels_last, rt.conv_algorithms, rt.conv_layers)
+    assert passes == [True, False] and len(reads) == 1 and rt.conv_choice["cached"]
+    fft = {
+        (h, w)
+        for m in parts.model.modules()
+        if isinstance(m, conv.Conv2d)
+        for (h, w), a in m.algorithms.items()
+        if a == "fft"
+    }
+    assert fft == {(7, 7)}
+    assert sum(len(m.algorithms) for m in parts.model.modules() if isinstance(m, conv.Conv2d)) == 6
 
 
 def test_a_set_algorithm_applies_where_it_can_and_the_library_elsewhere(tmp_path):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from centerexp.config import Config
-from centerexp.training.speedcache import median_seconds, remembered
+from centerexp.training.speedcache import median_seconds, remembered_all
 
 LIBRARY = "library"
 ALGORITHMS = (LIBRARY, "toeplitz", "fft")
@@ -160,9 +160,14 @@ class Conv2d(nn.Conv2d):
         return shape_key(self.in_channels, self.out_channels, self.kernel_size[0], self.padding[0], height, width)
 
 
-def layer_inputs(model: nn.Module, image_size: tuple[int, int] = (28, 28)) -> list[tuple[Conv2d, int, int]]:
+def layer_inputs(
+    model: nn.Module, image_size: tuple[int, int] = (28, 28), known: tuple | None = None
+) -> list[tuple[Conv2d, int, int]]:
     """(layer, input height, input width) of each Conv2d in ``model``, from one forward pass of a
-    1-image batch (in eval mode, so that BatchNorm statistics are not touched)."""
+    1-image batch (in eval mode, so that BatchNorm statistics are not touched). ``known``: the
+    ``named_inputs`` of a model of the same architecture, found before: no forward pass."""
+    if known is not None:
+        return [(model.get_submodule(name), h, w) for name, h, w in known]
     seen = []
     hooks = [
         m.register_forward_pre_hook(lambda m, args: seen.append((m, *args[0].shape[-2:])))
@@ -182,9 +187,16 @@ def layer_inputs(model: nn.Module, image_size: tuple[int, int] = (28, 28)) -> li
     return seen
 
 
-def use_algorithms(model: nn.Module, chosen: dict[str, str]) -> None:
-    """Set each Conv2d's algorithm from ``chosen`` (shape_key -> algorithm); unlisted shapes use the library."""
-    for layer, h, w in layer_inputs(model):
+def named_inputs(model: nn.Module, inputs: list[tuple[Conv2d, int, int]]) -> tuple[tuple[str, int, int], ...]:
+    """``layer_inputs`` as plain data: (module name, height, width), to apply to another instance."""
+    names = {m: name for name, m in model.named_modules()}
+    return tuple((names[layer], h, w) for layer, h, w in inputs)
+
+
+def use_algorithms(model: nn.Module, chosen: dict[str, str], known: tuple | None = None) -> None:
+    """Set each Conv2d's algorithm from ``chosen`` (shape_key -> algorithm); unlisted shapes use the
+    library. ``known``: see layer_inputs."""
+    for layer, h, w in layer_inputs(model, known=known):
         layer.algorithms[(h, w)] = chosen.get(layer.key(h, w), LIBRARY)
 
 
@@ -230,31 +242,34 @@ def fastest(seconds: dict[str, float]) -> str:
 
 def choose_algorithms(
     cfg: Config, model: nn.Module, device: torch.device, channels_last: bool, precision: str, measure=None
-) -> tuple[dict[str, str], dict]:
-    """({shape_key: algorithm} for every Conv2d of ``model``, how it was chosen). ``measure``
-    replaces ``measure_layer`` (for tests)."""
-    shapes = {layer.key(h, w): (layer, h, w) for layer, h, w in layer_inputs(model)}
+) -> tuple[dict[str, str], dict, tuple]:
+    """({shape_key: algorithm} for every Conv2d of ``model``, how it was chosen, the layer shapes
+    found (``named_inputs``, so that the run's own model needs no second forward pass to find them)).
+    ``measure`` replaces ``measure_layer`` (for tests)."""
+    inputs = layer_inputs(model)
+    found = named_inputs(model, inputs)
+    shapes = {layer.key(h, w): (layer, h, w) for layer, h, w in inputs}
     wanted = cfg.train.conv_algo
     if wanted != "auto":
         chosen = {
             key: wanted if applies(wanted, layer.kernel_size[0], layer.padding[0], h, w) else LIBRARY
             for key, (layer, h, w) in shapes.items()
         }
-        return chosen, {"mode": "set in config (the library where it does not apply)"}
+        return chosen, {"mode": "set in config (the library where it does not apply)"}, found
     if device.type == "cuda":
-        return dict.fromkeys(shapes, LIBRARY), {"mode": "auto: cuDNN on CUDA (not measured)"}
-    seconds, from_cache, path = {}, [], None
+        return dict.fromkeys(shapes, LIBRARY), {"mode": "auto: cuDNN on CUDA (not measured)"}, found
     batch, layout = cfg.train.batch_size, "nhwc" if channels_last else "nchw"
+    wanted_measurements = {}
     for key, (layer, h, w) in shapes.items():
         args = (layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.padding[0], h, w)
-        what = ["conv", key, f"batch {batch}", precision, layout]
         run = lambda args=args: (measure or measure_layer)(*args, batch, precision, device, channels_last)  # noqa: E731
-        seconds[key], cached, path = remembered(cfg, what, run)
-        from_cache.append(cached)
+        wanted_measurements[key] = (["conv", key, f"batch {batch}", precision, layout], run)
+    seconds, from_cache, path = remembered_all(cfg, wanted_measurements)  # the cache file read once
     chosen = {key: fastest(s) for key, s in seconds.items()}
-    return chosen, {
+    how = {
         "mode": f"auto: measured at batch {batch} in {precision}, another algorithm if >= {MIN_SPEEDUP}x the library",
         "seconds": seconds,
-        "cached": all(from_cache),
-        **({"cache": str(path)} if path else {}),
+        "cached": all(from_cache.values()),
+        **({"cache": str(path)} if shapes else {}),
     }
+    return chosen, how, found

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,16 +132,27 @@ def _subset(split: Split, n: int | None, mode: str, seed: int) -> Split:
     return Split(split.images[idx], split.labels[idx])
 
 
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format: two zero bytes, type 0x08, the number of
+    dimensions, each dimension as a big-endian uint32, the data), as torchvision's MNIST reads it,
+    without importing torchvision (whose import costs a small run seconds)."""
+    data = Path(path).read_bytes()
+    if data[:3] != b"\x00\x00\x08":
+        raise CenterexpError(f"{path} is not an IDX file of unsigned bytes")
+    dims = data[3]
+    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    return torch.frombuffer(bytearray(data[4 + 4 * dims :]), dtype=torch.uint8).view(*shape)
+
+
 def load_mnist(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> tuple[Split, Split]:
     """Return (train, test) splits, subset as configured, resident on ``device``."""
-    from torchvision.datasets import MNIST
-
     root = prepare_mnist(data_root(cfg), download=cfg.download)
     splits = []
     test_seed = seed if cfg.test_subset_seed is None else cfg.test_subset_seed  # one test set for a whole sweep
-    for train, n, subset_seed in ((True, cfg.train_subset, seed), (False, cfg.test_subset, test_seed)):
-        ds = MNIST(str(root), train=train, download=False)
-        split = Split(ds.data.unsqueeze(1), ds.targets.long())
+    for prefix, n, subset_seed in (("train", cfg.train_subset, seed), ("t10k", cfg.test_subset, test_seed)):
+        raw = root / "MNIST" / "raw"
+        images, labels = read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte")
+        split = Split(images.unsqueeze(1), labels.long())
         split = _subset(split, n, cfg.subset_mode, subset_seed)
         splits.append(Split(split.images.to(device), split.labels.to(device)))
     return splits[0], splits[1]

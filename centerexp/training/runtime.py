@@ -40,6 +40,9 @@ class Runtime:
     precision_choice: dict = field(default_factory=dict, compare=False)  # how "auto" decided, for env.json
     conv_algorithms: dict = field(default_factory=dict)  # layer shape key -> algorithm (conv.py)
     conv_choice: dict = field(default_factory=dict, compare=False)  # how they were chosen, for env.json
+    # (module name, height, width) of each Conv2d, found while choosing (conv.named_inputs); None: not
+    # looked for (a resumed run's recorded choice), the run's model finds them itself
+    conv_layers: tuple | None = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, cfg: Config, pinned: Pinned = Pinned(), *, measure=None, measure_conv=None) -> "Runtime":
@@ -56,13 +59,24 @@ class Runtime:
             choice = {"mode": "auto, resolved when the run started (env.json)", "chosen": precision}
         else:
             precision, choice = choose_precision(cfg, device, channels_last, measure=measure)
+        conv_layers = None
         if conv_algorithms is not None and cfg.train.conv_algo == "auto":
             recorded = "" if conv_algorithms else "; none recorded: the library, as before conv_algo"
             conv_choice = {"mode": f"auto, resolved when the run started (env.json{recorded})"}
         else:
-            conv_algorithms, conv_choice = resolve_conv_algorithms(cfg, device, channels_last, precision, measure_conv)
+            conv_algorithms, conv_choice, conv_layers = resolve_conv_algorithms(
+                cfg, device, channels_last, precision, measure_conv
+            )
         return cls(
-            device, precision, channels_last, threads, cfg.train.deterministic, choice, conv_algorithms, conv_choice
+            device,
+            precision,
+            channels_last,
+            threads,
+            cfg.train.deterministic,
+            choice,
+            conv_algorithms,
+            conv_choice,
+            conv_layers,
         )
 
     def autocast(self):
@@ -72,7 +86,9 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def resolve_conv_algorithms(cfg: Config, device, channels_last: bool, precision: str, measure) -> tuple[dict, dict]:
+def resolve_conv_algorithms(
+    cfg: Config, device, channels_last: bool, precision: str, measure
+) -> tuple[dict, dict, tuple]:
     """conv.choose_algorithms on the layer shapes of ``cfg.model`` (none for the linear net)."""
     from centerexp.training.models import build_model
 
@@ -92,7 +108,13 @@ def resolve_device(name: str) -> torch.device:
 def configure_determinism(deterministic: bool, device: torch.device) -> None:
     if device.type == "cuda" and deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must precede the first cuBLAS call
-    torch.use_deterministic_algorithms(deterministic)
+    # Only when it changes something: the switch imports torch._inductor's config, which took 2.4 s
+    # of a tiny run's start, to set what is already torch's default.
+    if (
+        torch.are_deterministic_algorithms_enabled() != deterministic
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 

@@ -54,21 +54,48 @@ def _read(path: Path) -> dict:
 def remembered(cfg: Config, what: list[str], measure: Callable[[], dict]) -> tuple[dict, bool, Path]:
     """(measurement, whether it came from the cache, the cache's path): ``measure()`` for ``what``
     on this machine, taken once and then read back."""
+    values, cached, path = remembered_all(cfg, {"": (what, measure)})
+    return values[""], cached[""], path
+
+
+def remembered_all(
+    cfg: Config, wanted: dict[str, tuple[list[str], Callable[[], dict]]]
+) -> tuple[dict[str, dict], dict[str, bool], Path]:
+    """``remembered`` for several measurements at once (name -> (what, measure)): the cache is read
+    once, and each missing measurement is taken and written as it comes. Returns (name ->
+    measurement, name -> whether it came from the cache, the cache's path)."""
     from centerexp.rundir.io import write_json
     from centerexp.training.data import data_root
 
-    signature = machine_signature(torch.get_num_threads())
-    key = cache_key(signature, *what)
     path = data_root(cfg.data) / CACHE_FILE
+    if not wanted:
+        return {}, {}, path
+    signature = machine_signature(torch.get_num_threads())
+    values, cached = {}, {}
     with _measuring_alone(path):
         cache = _read(path)
-        if key in cache:
-            return cache[key]["measured"], True, path
-        value = measure()
-        cache[key] = {"measured": value, **signature, "what": list(what)}
-        with contextlib.suppress(OSError, CenterexpError):
-            write_json(path, cache)
-    return value, False, path
+        for name, (what, measure) in wanted.items():
+            key = cache_key(signature, *what)
+            cached[name] = key in cache
+            if cached[name]:
+                values[name] = cache[key]["measured"]
+                continue
+            values[name] = measure()
+            cache[key] = {"measured": values[name], **signature, "what": list(what)}
+            with contextlib.suppress(OSError, CenterexpError):
+                write_json(path, cache)
+    return values, cached, path
+
+
+def lookup(cfg: Config, what: list[str]) -> dict | None:
+    """The cached measurement of ``what`` on this machine (at this process's threads), or None.
+    For a measurement that itself takes other cached measurements (which ``remembered`` would
+    deadlock on: its lock is held while it measures): look up, measure, then ``remembered`` stores."""
+    from centerexp.training.data import data_root
+
+    key = cache_key(machine_signature(torch.get_num_threads()), *what)
+    entry = _read(data_root(cfg.data) / CACHE_FILE).get(key)
+    return entry["measured"] if isinstance(entry, dict) and "measured" in entry else None
 
 
 @contextlib.contextmanager

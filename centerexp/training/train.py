@@ -1,11 +1,12 @@
 """Training: one run of cross-entropy + an auxiliary feature loss, epoch by epoch, into a run folder.
 
-Reads top to bottom: runtime (device, precision), seeds, data, model and optimizers, maybe restore
-a checkpoint, then per epoch, in stretches that end every ``train.eval_every`` steps and at the
-epoch's end: train -> evaluate -> metrics row -> plots -> checkpoint -> summary. The checkpoint is
-the commit point: a run killed at any moment resumes after its last checkpoint (inside an epoch,
-too: the epoch's batch order and position are in it), drops later rows, and continues bit for bit
-(everything it needs, RNG states included, is in the checkpoint dict).
+Reads top to bottom: runtime (device, precision), seeds, data, model and optimizers (loop.py),
+maybe restore a checkpoint, then per epoch, in stretches that end every ``train.eval_every`` steps
+and at the epoch's end: train -> evaluate -> metrics row -> frame kept, events -> checkpoint ->
+summary; at the end the figures (outputs.py). The checkpoint is the commit point: a run killed at
+any moment resumes after its last checkpoint (inside an epoch, too: the epoch's batch order and
+position are in it), drops later rows, and continues bit for bit (everything it needs, RNG states
+included, is in the checkpoint dict).
 """
 
 import contextlib
@@ -14,17 +15,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from centerexp import plots
 from centerexp.config import Config, batch_starts, dump_config, load_config
 from centerexp.errors import CenterexpError
-from centerexp.events import RunEvents, write_records
 from centerexp.rundir import files
 from centerexp.rundir.folder import (
     NOT_A_RUN,
@@ -38,79 +35,36 @@ from centerexp.rundir.folder import (
     write_run_header,
 )
 from centerexp.rundir.io import atomic_torch_save
-from centerexp.rundir.measures import compactness
 from centerexp.rundir.provenance import env_info
 from centerexp.rundir.records import MetricsLog, RunSummary
 from centerexp.training.checkpoints import Position, checkpoint_dict, fingerprint, resume_point
-from centerexp.training.conv import use_algorithms
-from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist, to_float
-from centerexp.training.losses import AuxiliaryLoss, build_aux_loss
-from centerexp.training.models import build_model
+from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist
+from centerexp.training.loop import (
+    Diverged,
+    Parts,
+    build_parts,
+    evaluate,
+    metrics_row,
+    next_evaluation,
+    train_steps,
+)
+from centerexp.training.outputs import RunOutputs
 from centerexp.training.runtime import Pinned, Runtime, resolve_device, seed_everything
-
-NUM_CLASSES = 10
 
 
 class Interrupted(CenterexpError):
     """SIGINT / SIGTERM arrived; the run stopped cleanly. Exit status 128 + signal, as shells do."""
 
 
-class Diverged(CenterexpError):
-    """The training loss became NaN or inf: the run failed, as a result of its config and seed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Model, auxiliary loss, optimizers
-
-
-@dataclass
-class Parts:
-    """The trainable pieces of one run, built from its config."""
-
-    model: torch.nn.Module
-    aux_loss: AuxiliaryLoss  # the center loss in every shipped config
-    optimizer: torch.optim.Optimizer
-    aux_optimizer: torch.optim.Optimizer | None  # SGD on the aux loss's trainable parameters, if any
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    shuffle: torch.Generator
-
-
-def build_parts(
-    cfg: Config, device: torch.device, channels_last: bool = False, conv_algorithms: dict | None = None
-) -> Parts:
-    """Model and centers drawn from the (already seeded) global RNG; shuffle order from its own
-    generator. ``conv_algorithms``: see Runtime (None: the library everywhere)."""
-    model = build_model(cfg.model).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if conv_algorithms:
-        use_algorithms(model, conv_algorithms)
-    aux_loss = build_aux_loss(cfg.loss, NUM_CLASSES, cfg.model.feat_dim).to(device)
-    # foreach: one fused kernel sequence per step instead of one per parameter tensor.
-    if cfg.train.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, foreach=True)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
-    trainable = [p for p in aux_loss.parameters() if p.requires_grad]
-    aux_optimizer = torch.optim.SGD(trainable, lr=cfg.loss.center_lr) if trainable else None
-    step = cfg.train.lr_step_epochs or 10**9  # null: a step that never comes, i.e. constant lr
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step, gamma=cfg.train.lr_gamma)
-    shuffle = torch.Generator().manual_seed(cfg.train.seed)
-    return Parts(model, aux_loss, optimizer, aux_optimizer, scheduler, shuffle)
-
-
-def prepare_batch(images: torch.Tensor, cfg: Config, rt: Runtime) -> torch.Tensor:
-    return rt.memory_format(to_float(images, cfg.data.normalize))
-
-
-# ---------------------------------------------------------------------------------------------
-# One epoch of training, one evaluation pass
-
-
 class StopFlag:
-    """Set by SIGINT / SIGTERM; checked after every step."""
+    """Set by SIGINT / SIGTERM; checked after every step (loop.train_steps calls ``check``)."""
 
     signum: int | None = None
+
+    def check(self, epoch: int) -> None:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + self.signum)
 
 
 @contextlib.contextmanager
@@ -129,153 +83,6 @@ def stop_on_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-def train_steps(
-    parts: Parts, split: Split, cfg: Config, rt: Runtime, perm, starts, epoch: int, stop=None, progress=False
-):
-    """The training batches that start at ``starts`` in the epoch's order ``perm``: one optimizer
-    step each. Returns their mean losses and accuracy, and the features seen (for the scatter)."""
-    model, aux_loss = parts.model, parts.aux_loss
-    model.train()
-    n, bs = len(split), cfg.train.batch_size
-    sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # loss, ce, aux (x batch size), correct
-    step_losses, features_seen, order = [], [], []
-    for start in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch"):
-        idx = perm[start : start + bs]
-        x, y = prepare_batch(split.images[idx], cfg, rt), split.labels[idx]
-        with rt.autocast():
-            features, logits = model(x)
-        ce = F.cross_entropy(logits.float(), y)
-        aux = aux_loss(features, y)
-        loss = ce + aux
-        parts.optimizer.zero_grad(set_to_none=True)
-        if parts.aux_optimizer is not None:
-            parts.aux_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        parts.optimizer.step()
-        if parts.aux_optimizer is not None:
-            parts.aux_optimizer.step()
-        aux_loss.after_step(features.detach(), y)
-        k = len(y)
-        sums += torch.stack([loss.detach() * k, ce.detach() * k, aux.detach() * k, (logits.argmax(1) == y).sum()])
-        step_losses.append(loss.detach())
-        features_seen.append(features.detach().float())
-        order.append(idx)
-        if stop is not None and stop.signum is not None:
-            name = signal.Signals(stop.signum).name
-            raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + stop.signum)
-    # Checked once per stretch rather than per step: no host sync in the loop (it matters on a GPU).
-    step_losses = torch.stack(step_losses)
-    bad = (~torch.isfinite(step_losses)).nonzero()
-    if len(bad):
-        batch = bad[0].item()
-        raise Diverged(
-            f"training loss became {step_losses[batch].item()} at epoch {epoch}, batch "
-            f"{starts[batch] // bs + 1}: run stopped, its last checkpoint is kept"
-        )
-    seen = sum(min(bs, n - s) for s in starts)
-    loss, ce, aux, correct = (sums / seen).tolist()
-    return {
-        "loss": loss,
-        "ce": ce,
-        "center": aux,
-        "acc": correct,
-        "n": seen,
-        "steps": len(starts),
-        "features": torch.cat(features_seen),
-        "order": torch.cat(order),  # image index of each row of features
-    }
-
-
-def train_one_epoch(parts: Parts, split: Split, cfg: Config, rt: Runtime, epoch: int, stop=None, progress=False):
-    """A whole epoch in a fresh shuffled order (what bench times)."""
-    perm = torch.randperm(len(split), generator=parts.shuffle).to(rt.device)
-    starts = batch_starts(len(split), cfg.train.batch_size)
-    return train_steps(parts, split, cfg, rt, perm, starts, epoch, stop, progress)
-
-
-def next_evaluation(step: int, next_batch: int, batches: int, eval_every: int | None) -> int:
-    """The batch index (exclusive) where the stretch starting at ``next_batch`` ends: at the next
-    optimizer step that is a multiple of ``eval_every``, or at the end of the epoch."""
-    if not eval_every:
-        return batches
-    return min(batches, next_batch + eval_every - step % eval_every)
-
-
-@torch.inference_mode()
-def evaluate(parts: Parts, split: Split, cfg: Config, rt: Runtime) -> dict:
-    """Test-set losses, accuracy, all features, and how compact the feature clusters are."""
-    model, aux_loss = parts.model, parts.aux_loss
-    model.eval()
-    features, logits = [], []
-    for start in range(0, len(split), cfg.train.eval_batch_size):
-        x = prepare_batch(split.images[start : start + cfg.train.eval_batch_size], cfg, rt)
-        with rt.autocast():
-            f, z = model(x)
-        features.append(f.float())
-        logits.append(z.float())
-    features, logits, y = torch.cat(features), torch.cat(logits), split.labels
-    ce = F.cross_entropy(logits, y).item()
-    # The count-normalised loss depends on batch composition: score it in chunks of the training
-    # batch size so test and train center losses are on the same scale.
-    bs = cfg.train.batch_size
-    aux = sum(aux_loss(features[s : s + bs], y[s : s + bs]).item() * len(y[s : s + bs]) for s in range(0, len(y), bs))
-    aux /= len(y)
-    points = aux_loss.points
-    return {
-        "loss": ce + aux,
-        "ce": ce,
-        "center": aux,
-        "acc": (logits.argmax(1) == y).double().mean().item(),
-        "features": features,
-        "labels": y,
-        **compactness(features, y, None if points is None else points.detach().float()),
-    }
-
-
-def metrics_row(epoch: float, step: int, lr: float, tr: dict, te: dict, times: tuple, wall: float) -> dict:
-    """One metrics.csv row; its names are schema.METRICS (MetricsLog.append checks they match)."""
-    t0, t1, t2 = times
-    return {
-        "epoch": epoch,
-        "step": step,
-        "lr": lr,
-        **{f"train_{k}": tr[k] for k in ("loss", "ce", "center", "acc")},
-        **{f"test_{k}": te[k] for k in ("loss", "ce", "center", "acc")},
-        **{k: te[k] for k in ("intra_class", "inter_class", "compactness_ratio", "center_lag")},
-        "epoch_seconds": t2 - t0,
-        "train_seconds": t1 - t0,
-        "eval_seconds": t2 - t1,
-        "wall_seconds": wall,
-        "images_per_second": tr["n"] / (t1 - t0),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# TensorBoard (plot.tensorboard)
-
-
-def open_events(run_dir: Path, cfg: Config, committed_step: int) -> RunEvents:
-    """The run's event writer, (re)starting at its checkpoint: a fresh tb/ with the hparams for a
-    run starting from scratch; the committed rows from metrics.csv for a resumed run whose tb/ is
-    missing (made with plot.tensorboard off, or by an older version)."""
-    events = RunEvents(run_dir, committed_step)
-    if committed_step == 0 or not events.had_events:
-        write_records(events, run_dir, cfg)
-    events.flush()
-    return events
-
-
-def log_evaluation(events: RunEvents, run_dir: Path, row: dict, frame: str, test_set, te, drawn, parts, last: bool):
-    """One evaluation's events, flushed before the checkpoint commits it: the metrics row, the
-    feature figure, and after the last one the projector embedding of the test images ``drawn``."""
-    events.row(row)
-    events.image(run_dir / files.FEATURE_FRAMES / f"{frame}.png", row["step"])
-    if last:
-        centers = parts.aux_loss.points
-        events.embedding(te["features"][drawn], te["labels"][drawn], test_set.images[drawn], centers, row["step"])
-    events.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,12 +117,12 @@ def train(
 
 
 def starting_point(
-    cfg: Config, device: torch.device, channels_last: bool, conv_algorithms: dict | None = None
+    cfg: Config, device: torch.device, channels_last: bool, conv_algorithms: dict | None = None, conv_layers=None
 ) -> tuple[Parts, Split, Split]:
     """Seeds, data, model, centers and optimizers, as a run starts (before any checkpoint)."""
     seed_everything(cfg.train.seed)
     train_set, test_set = load_mnist(cfg.data, cfg.train.seed, device)
-    return build_parts(cfg, device, channels_last, conv_algorithms), train_set, test_set
+    return build_parts(cfg, device, channels_last, conv_algorithms, conv_layers), train_set, test_set
 
 
 def fingerprint_of(cfg: Config) -> dict:
@@ -327,7 +134,7 @@ def fingerprint_of(cfg: Config) -> dict:
 def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, command: str, progress, pinned: Pinned):
     progress = sys.stderr.isatty() if progress is None else progress
     rt = Runtime.from_config(cfg, pinned)
-    parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last, rt.conv_algorithms)
+    parts, train_set, test_set = starting_point(cfg, rt.device, rt.channels_last, rt.conv_algorithms, rt.conv_layers)
     ckpt_path = run_dir / files.CHECKPOINT
     pos, wall_before = resume_point(parts, cfg, ckpt_path, allow_config_change) if resume else (Position(), 0.0)
     if pos.step == 0:  # a fresh start: what a paired comparison must share with this run's partner
@@ -335,7 +142,7 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
     metrics = MetricsLog(run_dir / files.METRICS)
     metrics.truncate_to(pos.epoch, pos.step)  # rows past the checkpoint come from steps being redone
     write_run_header(run_dir, dump_config(cfg), command, env_info(rt))
-    events = open_events(run_dir, cfg, pos.step) if cfg.plot.tensorboard else None
+    outputs = RunOutputs(run_dir, cfg, pos.epoch, pos.step)
     summary = RunSummary(run_dir)
     summary.begin(
         name=run_dir.name, epochs=cfg.train.epochs, seed=cfg.train.seed, device=str(rt.device), precision=rt.precision
@@ -343,6 +150,7 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
 
     t_run = time.perf_counter()
     n_batches = len(batch_starts(len(train_set), cfg.train.batch_size))
+    total_steps = cfg.train.epochs * n_batches
     try:
         with stop_on_signals() as stop:
             epochs = range(pos.epoch + 1, cfg.train.epochs + 1)
@@ -367,30 +175,30 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
                     row = metrics_row(when, pos.step, lr, tr, te, (t0, t1, t2), wall)
                     metrics.append(row)
                     frame = f"epoch_{epoch:03d}" if not cfg.train.eval_every else f"step_{pos.step:07d}"
-                    drawn = plots.write_epoch_plots(
-                        run_dir, cfg, when, pos.step, frame, train_set, tr, te, parts.aux_loss.points
-                    )
-                    if events:
-                        last = pos.perm is None and epoch == cfg.train.epochs
-                        log_evaluation(events, run_dir, row, frame, test_set, te, drawn, parts, last)
+                    last = pos.perm is None and epoch == cfg.train.epochs
+                    outputs.evaluation(row, frame, when, train_set, tr, te, test_set, parts, last)
                     atomic_torch_save(checkpoint_dict(parts, cfg, pos, wall), ckpt_path)  # the commit point
                     summary.epoch_finished()
+                    where = f"epoch {epoch}/{cfg.train.epochs}, " if pos.perm is None else ""
                     tqdm.write(
-                        f"{run_dir.name} epoch {when:g}/{cfg.train.epochs}, step {pos.step}: "
+                        f"{run_dir.name} {where}step {pos.step}/{total_steps}: "
                         f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
                         f"test loss {te['loss']:.4f} acc {te['acc']:.4f} | {t2 - t0:.1f}s"
                     )
                     if stop.signum is not None:  # arrived during evaluation: this stretch is complete and saved
                         name = signal.Signals(stop.signum).name
-                        where = f"epoch {epoch}" if pos.perm is None else f"step {pos.step} (epoch {when:.3g})"
+                        where = (
+                            f"epoch {epoch}" if pos.perm is None else f"step {pos.step}/{total_steps} in epoch {epoch}"
+                        )
                         raise Interrupted(f"stopped by {name} after {where}", exit_code=128 + stop.signum)
-            if cfg.plot.gif:
-                plots.feature_gif(run_dir)
+            outputs.draw(final=True)
     except Interrupted as e:
         summary.interrupted(str(e))
+        _draw_quietly(outputs)
         raise Interrupted(f"{e}; resume with: centerexp train --resume {run_dir}", exit_code=e.exit_code) from None
     except Diverged as e:
         summary.failed(str(e), diverged=True)
+        _draw_quietly(outputs)
         raise
     except (SystemExit, KeyboardInterrupt) as e:  # e.g. submitit requeueing a preempted job: not a failure
         summary.interrupted(f"process stopped ({type(e).__name__}); resume with: centerexp train --resume {run_dir}")
@@ -399,10 +207,16 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
         summary.failed(str(e) or type(e).__name__)
         raise
     finally:
-        if events:
-            events.close()
+        outputs.close()
     summary.completed()
     return summary.data
+
+
+def _draw_quietly(outputs: RunOutputs) -> None:
+    """A run that stopped cleanly (a signal, divergence) gets the figures of its committed
+    evaluations; a failure to draw them does not hide why it stopped."""
+    with contextlib.suppress(Exception):
+        outputs.draw()
 
 
 # ---------------------------------------------------------------------------------------------
