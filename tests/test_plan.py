@@ -117,6 +117,7 @@ def test_a_shared_arm_trains_once_and_the_report_lists_it(tmp_path):
 def test_reuse_looks_where_the_user_says_and_keys_by_config_seed_and_precision(tmp_path):
     a = experiment_file(tmp_path, "exp_a", "low", "loss.lamda=0.01")
     elsewhere = tmp_path / "elsewhere" / "a"  # no folder named runs above it: outside b's runs root
+    # (and b's scratch neighbours are not searched when a runs dir has no folder named runs above it)
     reproduce(a, "tiny", seeds=1, runs_dir=elsewhere, progress=False, echo=lambda *_: None)
     b = experiment_file(tmp_path, "exp_b", "high", "loss.lamda=1.0")
     runs_b = tmp_path / "runs" / "b"

@@ -188,7 +188,8 @@ def reproduce(
     options = (launcher or LaunchOptions()).check()
     from centerexp.sweeps.reuse import runs_root
 
-    session = Session(runs_dir, options, [*map(Path, reuse), runs_root(runs_dir)], progress, echo, rates)
+    roots = [*map(Path, reuse), *filter(None, [runs_root(runs_dir)])]
+    session = Session(runs_dir, options, roots, progress, echo, rates)
     claims = replace(claim_set(experiment), sequential=design)
     if design is None:
         specs = plan(experiment, profile, seeds, runs_dir, list(extra), measure)

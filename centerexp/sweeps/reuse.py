@@ -84,11 +84,12 @@ def copy_run(source: Path, target: Path, identity: dict) -> None:
     os.replace(partial, target)
 
 
-def runs_root(runs_dir: Path) -> Path:
+def runs_root(runs_dir: Path) -> Path | None:
     """Where a sweep looks for identical runs by default: the nearest folder named ``runs`` above
-    its runs dir (runs/EXPERIMENT/PROFILE -> runs), else the runs dir's parent."""
+    its runs dir (runs/EXPERIMENT/PROFILE -> runs); None outside such a tree (a scratch folder's
+    neighbours are no one's results)."""
     runs_dir = Path(runs_dir).resolve()
-    return next((p for p in runs_dir.parents if p.name == "runs"), runs_dir.parent)
+    return next((p for p in runs_dir.parents if p.name == "runs"), None)
 
 
 def reusable(specs: list[RunSpec], roots: list[Path], runs_dir: Path) -> dict[str, Path]:
