@@ -20,8 +20,7 @@ CONFIGS = REPO / "configs"
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """One verified, unpacked MNIST cache for the whole session (real data, from the package). The
-    pytest-xdist workers share it, and with it the speed cache: a measurement of the precision or
-    the convolution algorithms is taken once per session, as it is once per machine for a user."""
+    pytest-xdist workers share it, and with it the speed cache (seeded: see seed_speed_cache)."""
     from centerexp.training.data import prepare_mnist
 
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # not under xdist
@@ -37,7 +36,63 @@ def _isolated_data(mnist_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CENTEREXP_DATA", str(mnist_root))
         patch.delenv("CENTEREXP_DEBUG", raising=False)
+        seed_speed_cache(mnist_root)
         yield
+
+
+# The conv-net runs of the suite with train.precision / train.conv_algo left at auto (test_train_cli's
+# V1.0 at batch 64, the conv runs of test_reliability at batch 16 and 1 thread): their archs, batch
+# sizes and thread counts. Each combination would otherwise time the bf16 probe and every layer shape
+# for real, once per session and code path (make test-portable runs 3 more): minutes on a CPU without
+# bf16 units, where bf16 runs on oneDNN's reference kernels.
+SEEDED_SPEEDS = [(arch, batch, threads) for arch in ("deep", "shallow") for batch in (16, 64) for threads in (1, None)]
+
+
+FAKE_RATES = {"train": 1000.0, "eval": 4000.0}  # images/s the suite's speed cache holds for every model
+
+
+def fp32_wins(cfg, device, channels_last) -> dict:
+    """Stands in for precision.measure_step_rates: equal rates, so auto keeps fp32."""
+    return {"fp32": 1.0, "bf16": 1.0}
+
+
+def library_wins(c_in, c_out, kernel, padding, height, width, batch, precision, device, channels_last) -> dict:
+    """Stands in for conv.measure_layer: every other algorithm that applies takes twice the library's time."""
+    from centerexp.training import conv
+
+    applying = [a for a in conv.ALGORITHMS if conv.applies(a, kernel, padding, height, width)]
+    return {a: 1.0 if a == conv.LIBRARY else 2.0 for a in applying}
+
+
+def seed_speed_cache(root: Path) -> None:
+    """Fill the session's speed cache (root/speed-cache.json) for SEEDED_SPEEDS with fp32_wins and
+    library_wins, through the package's own Runtime.from_config, so the keys are exactly those a run
+    looks up. Runs then read fp32 and the library from the cache, in this process or in a CLI
+    subprocess, instead of timing them; the tests about the measurement itself (test_runtime.py,
+    test_conv.py, test_bench.py, the auto case of test_faults.py) use caches of their own or call it
+    directly. Under xdist every worker calls this; the cache's lock makes the second one a reader."""
+    import torch
+
+    from centerexp.config import Config
+    from centerexp.training.runtime import DEFAULT_THREADS, Runtime
+
+    before = torch.get_num_threads()
+    try:
+        for arch, batch, threads in SEEDED_SPEEDS:
+            cfg = Config()
+            cfg.data.root, cfg.model.arch, cfg.train.device = str(root), arch, "cpu"
+            cfg.train.batch_size, cfg.train.threads = batch, threads or DEFAULT_THREADS
+            Runtime.from_config(cfg, measure=fp32_wins, measure_conv=library_wins)
+    finally:
+        torch.set_num_threads(before)
+    # reproduce prices its plan at these rates instead of timing each model at batch 256
+    from centerexp.experiments.estimate import store_rates
+    from centerexp.sweeps.jobs import cpu_count
+
+    for arch in ("linear", "deep", "shallow"):
+        for precision in ("fp32", "bf16"):
+            for threads in range(1, cpu_count() + 1):
+                store_rates(arch, precision, threads, FAKE_RATES)
 
 
 def write_config(path: Path, base: str = "baseline", **sections) -> Path:

@@ -2,9 +2,10 @@
 runs; both run names and a scalar tag must be in the rendered page; the server is then stopped
 and nothing is left listening.
 
-Needs Debian's chromium (`make install-browser`). `make test-browser` requires it; a plain
-`make test` on a machine without it skips this file. CENTEREXP_SCREENSHOT=PATH also saves the
-page over the committed quick reference runs there (the README's picture: `make screenshot`).
+Needs Debian's chromium (`make install-browser`). `make test-browser` and CI (.ci/run exports
+CENTEREXP_REQUIRE_BROWSER=1 before `make test`) require it; a plain `make test` on a machine
+without it skips the browser tests. CENTEREXP_SCREENSHOT=PATH also saves the page over the
+committed quick reference runs there (the README's picture: `make screenshot`).
 """
 
 import os
@@ -23,9 +24,10 @@ from centerexp.training.train import start_run
 from .conftest import REPO, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CENTEREXP_REQUIRE_BROWSER"),
-    reason="no chromium (make install-browser); make test-browser requires it",
+REQUIRED = bool(os.environ.get("CENTEREXP_REQUIRE_BROWSER"))  # make test-browser, screenshot, and CI (.ci/run)
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None and not REQUIRED,
+    reason="no chromium (make install-browser); make test-browser and CI require it",
 )
 
 TINY = {
@@ -92,7 +94,9 @@ def stop(process: subprocess.Popen, port: int) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+@needs_browser
 def test_board_renders_both_runs_and_a_scalar_in_a_real_browser(tmp_path):
+    assert CHROMIUM, "CENTEREXP_REQUIRE_BROWSER is set but chromium is not installed: make install-browser"
     config = write_config(tmp_path / "tiny.yaml", **TINY)
     runs = [start_run(config, [], tmp_path / "runs", name, progress=False)[0] for name in ("runalpha", "runbeta")]
     port = free_port()
@@ -107,6 +111,7 @@ def test_board_renders_both_runs_and_a_scalar_in_a_real_browser(tmp_path):
     assert (tmp_path / "board.png").stat().st_size > 10_000
 
 
+@needs_browser
 @pytest.mark.skipif(not os.environ.get("CENTEREXP_SCREENSHOT"), reason="CENTEREXP_SCREENSHOT not set")
 def test_screenshot_of_the_reference_runs(tmp_path):
     quick = tmp_path / "quick"
@@ -120,3 +125,16 @@ def test_screenshot_of_the_reference_runs(tmp_path):
         stop(process, port)
     assert "v1/quick/v1_0/s0" in dom and "v1/quick/v1_2/s2" in dom
     shutil.copyfile(shot, os.environ["CENTEREXP_SCREENSHOT"])
+
+
+def test_ci_requires_the_browser_test():
+    """.ci/run installs chromium and then runs make test with CENTEREXP_REQUIRE_BROWSER=1 set, so
+    that a browser test that cannot run fails CI instead of skipping silently; make test itself
+    does not set it, so a developer without chromium can still run it."""
+    lines = [line.split("#")[0].strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    test = lines.index("make test")
+    assert lines.index("make install-browser") < test
+    assert "export CENTEREXP_REQUIRE_BROWSER=1" in lines[:test]
+    assert not any("unset CENTEREXP_REQUIRE_BROWSER" in line for line in lines[:test])
+    make_test = (REPO / "Makefile").read_text().split("\ntest: ", 1)[1].split("\n\n", 1)[0]
+    assert "CENTEREXP_REQUIRE_BROWSER" not in make_test

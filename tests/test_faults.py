@@ -2,23 +2,31 @@
 
 Each victim is a forked child of the test process (torch is already imported, so a kill costs
 milliseconds, not an interpreter start). Two kinds of moments:
-  - seeded random delays spread over the whole life of the run (setup, steps, evaluation, plots,
-    checkpoint, summary, GIF);
+  - seeded random delays, counted in the child's CPU time, stepped over the three parts of the
+    run's life: up to its first commit, between its first and last (steps, evaluations,
+    checkpoints, summaries), after its last (figures, GIF);
   - named moments that a delay would rarely hit: inside the atomic write of the checkpoint (temp
-    file present), of summary.json, while creating the run folder, right after the first metrics
-    row (the manual scenario of issue 10), during evaluation and plots, during a resume.
-The child runs with train.threads=1, so no OpenMP thread pool crosses the fork.
+    file present), of summary.json, of a frame, while creating the run folder, right after the
+    first metrics row (the manual scenario of issue 10), during evaluation, while writing the
+    projector embedding and drawing the figures, during a resume.
+Every kill is checked to have landed where it says (the run folder's rows, checkpoint and temp
+files) before the run is recovered. The child runs with train.threads=1, so no OpenMP thread pool
+crosses the fork.
 """
 
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import torch
 
 from centerexp.rundir.folder import RunBusy, RunLock, is_run_dir
 from centerexp.rundir.records import read_metrics
@@ -39,8 +47,13 @@ CONV = {
 
 
 def in_child(body, kill_after: float | None = None, timeout: float = 120) -> int:
-    """Run ``body()`` in a forked child; SIGKILL it after ``kill_after`` seconds (if still alive).
-    Returns the child's wait status."""
+    """Run ``body()`` in a forked child; SIGKILL it once it has used ``kill_after`` seconds of CPU
+    (if still alive). Returns the child's wait status.
+
+    CPU time, not wall time: a loaded machine (two test workers, a training in the background)
+    stretches a run's wall time, not the work it does, so a delay lands in the same phase of the
+    run on a busy machine as on an idle one."""
+    forked = time.monotonic()
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
         code = 1
@@ -49,14 +62,13 @@ def in_child(body, kill_after: float | None = None, timeout: float = 120) -> int
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + timeout
+    deadline = forked + timeout
     killed = False
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return status
-        elapsed = timeout - (deadline - time.monotonic())
-        if not killed and kill_after is not None and elapsed >= kill_after:
+        if not killed and kill_after is not None and cpu_seconds(pid, forked) >= kill_after:
             os.kill(pid, signal.SIGKILL)
             killed = True
         if time.monotonic() > deadline:
@@ -64,6 +76,29 @@ def in_child(body, kill_after: float | None = None, timeout: float = 120) -> int
             os.waitpid(pid, 0)
             pytest.fail("child run hung")
         time.sleep(0.002)
+
+
+def cpu_seconds(pid: int, forked: float) -> float:
+    """CPU seconds (user + system, all threads) that process ``pid`` has used: /proc/PID/stat.
+    Without /proc, the wall time since it was forked stands in."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return time.monotonic() - forked
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run_in_child(body) -> tuple[int, float]:
+    """(wait status, CPU seconds) of ``body()`` run to its end in a forked child."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    status = in_child(body)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return status, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def killed(status: int) -> bool:
+    """Whether the child died of SIGKILL: not an exception (exit 1), not a clean end (0)."""
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
 def recover(config: Path, runs: Path, name: str = "k") -> Path:
@@ -96,25 +131,97 @@ def kill_self_when(target: str, match=lambda *a, **k: True, nth: int = 1) -> Non
     setattr(module, attr, wrapper)
 
 
+# --- where a kill landed ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Landing:
+    """What a killed run left on disk, i.e. where in its life the kill landed."""
+
+    rows: int  # metrics.csv rows (0: none, or no metrics.csv yet)
+    committed: int | None  # the step checkpoints/last.pt was written at; None: no checkpoint yet
+    cut: tuple[str, ...] = ()  # files whose atomic write was cut between the temp file and the rename
+    folder: bool = True  # the run folder exists (False: at most its hidden .NAME.creating-* folder)
+    also: Callable[[Path], bool] | None = None  # anything else that must hold, given the run folder
+
+
+def landed(runs: Path, name: str = "k") -> Landing:
+    """Where the kill of run ``runs/name`` landed, read from its files before anything recovers them."""
+    run = runs / name
+    if not is_run_dir(run):
+        return Landing(rows=-1, committed=None, folder=False)
+    rows = len(read_metrics(run / "metrics.csv")) if (run / "metrics.csv").exists() else 0
+    ckpt = run / "checkpoints" / "last.pt"
+    committed = torch.load(ckpt, weights_only=True)["step"] if ckpt.exists() else None
+    # a temp file is .TARGET.RANDOM.tmp beside TARGET (rundir/io.py)
+    cut = sorted(str(t.parent.relative_to(run) / t.name[1:].rsplit(".", 2)[0]) for t in run.rglob(".*.tmp"))
+    return Landing(rows, committed, tuple(cut))
+
+
+def assert_landed(runs: Path, want: Landing, what: str, name: str = "k") -> None:
+    got = landed(runs, name)
+    assert (got.rows, got.committed, got.cut, got.folder) == (want.rows, want.committed, want.cut, want.folder), (
+        f"{what}: the kill landed at {got}, not at {want}"
+    )
+    if not want.folder:
+        assert list(runs.glob(f".{name}.creating-*")), f"{what}: no half-made run folder"
+    if want.also:
+        assert want.also(runs / name), f"{what}: the kill did not land where it says"
+
+
 @pytest.fixture(scope="module")
 def linear_config(tmp_path_factory):
     return write_config(tmp_path_factory.mktemp("faults") / "k.yaml", **LINEAR)
 
 
+@dataclass(frozen=True)
+class Life:
+    """A run's life in CPU seconds: when each evaluation was committed (summary.json written after
+    its checkpoint), and when the run ended (after the figures, drawn once training is over)."""
+
+    commits: tuple[float, ...]
+    end: float
+
+
+def timed_run(config: Path, runs: Path, name: str) -> Life:
+    """Train ``runs/name`` to its end in a forked child, noting its CPU time at each commit."""
+    from centerexp.rundir.records import RunSummary
+
+    commits = runs / f"{name}.commits"
+
+    def body():  # in the child: the patch dies with it
+        finished = RunSummary.epoch_finished
+
+        def noted(self):
+            finished(self)
+            with open(commits, "a") as f:
+                f.write(f"{time.process_time()}\n")
+
+        RunSummary.epoch_finished = noted
+        start_run(config, [], runs, name, progress=False)
+
+    runs.mkdir(parents=True, exist_ok=True)
+    status, seconds = run_in_child(body)
+    assert status == 0
+    return Life(tuple(float(t) for t in commits.read_text().split()), seconds)
+
+
 @pytest.fixture(scope="module")
 def linear_reference(tmp_path_factory, linear_config):
-    """The uninterrupted run, and how long it took (in a child, like the victims)."""
+    """The uninterrupted run, and its life in CPU time, timed in a child like the victims."""
     runs = tmp_path_factory.mktemp("reference")
-    durations = []
-    for name in ("k", "warm"):  # the second, warm run times the life the victims will have
-        start = time.perf_counter()
-        assert in_child(lambda name=name: start_run(linear_config, [], runs, name, progress=False)) == 0
-        durations.append(time.perf_counter() - start)
+    # The reference itself trains in this process, as every recovery does: that leaves this process
+    # as the victims find it when they fork (modules imported, MNIST checked and read), and a child
+    # of a cold process spends seconds of CPU on that before its first step.
+    start_run(linear_config, [], runs, "k", progress=False)
+    life = timed_run(linear_config, runs, "warm")
     assert metrics_without_timing(runs / "k") == metrics_without_timing(runs / "warm")  # bit-exact rerun
-    return runs / "k", min(durations)
+    return runs / "k", life
 
 
 def check_recovers(config, runs, reference, name="k"):
+    """Recover the run as a user would; it must be the uninterrupted run. Returns the temp files and
+    half-made folders still left after recovering (there must be none)."""
     run = recover(config, runs, name)
     assert metrics_without_timing(run) == metrics_without_timing(reference)
     assert (run / "summary.json").read_text().count('"completed"') == 1
@@ -125,108 +232,219 @@ def check_recovers(config, runs, reference, name="k"):
     return leftovers
 
 
-# Seeded delays stepped over the run's whole life. 12, not more: each costs a run and a resume (about
-# 4 s), and the named moments below hit the short phases a delay would rarely hit deterministically.
+# Seeded delays stepped over the two parts of the run's life, before and after its first commit:
+# most of a small run's CPU time goes into its figures, drawn once training is over, so delays spread
+# evenly over its whole life would nearly all land there, and a machine slower or faster than the
+# reference would put them all in its setup or all after it. 12, not more: each costs a run and a
+# resume, and the named moments below hit the short phases a delay would rarely hit, deterministically.
 RANDOM_KILLS = 12
 
 
 def test_kill_at_12_random_moments_then_resume_matches_uninterrupted_run(tmp_path, linear_config, linear_reference):
-    reference, duration = linear_reference
+    reference, life = linear_reference
     rng = random.Random(20261123)
-    fractions = [(i + rng.random()) / RANDOM_KILLS for i in range(RANDOM_KILLS)]  # stepped, seeded jitter
-    outcomes, trial = [], 0
+    half = RANDOM_KILLS // 2
+    fractions = [  # of the run's life, stepped with seeded jitter inside each part
+        (lo + (i + rng.random()) / half * (hi - lo)) / life.end
+        for lo, hi in ((0.0, life.commits[0]), (life.commits[0], life.end))
+        for i in range(half)
+    ]
+    landings, trial, end = [], 0, life.end
     while fractions and trial < 40:
         runs, trial = tmp_path / f"trial{trial}", trial + 1
-        start = time.perf_counter()
-        status = in_child(
-            lambda runs=runs: start_run(linear_config, [], runs, "k", progress=False), duration * fractions[0]
-        )
-        if status == 0:  # the run outlived its delay: the machine is faster now; rescale and retry the moment
-            duration = min(duration, time.perf_counter() - start)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        status = in_child(lambda runs=runs: start_run(linear_config, [], runs, "k", progress=False), end * fractions[0])
+        if status == 0:  # the run outlived its delay (it needed less CPU than the reference): rescale, retry
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            end = min(end, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
         else:
-            rows = len(read_metrics(runs / "k" / "metrics.csv")) if (runs / "k" / "metrics.csv").exists() else -1
-            outcomes.append(f"{fractions.pop(0):.2f}: killed with {rows} rows")
-        check_recovers(linear_config, runs, reference)  # finished or killed, the result is the same run
-    assert len(outcomes) == RANDOM_KILLS, outcomes
-    rows = [int(o.split("with ")[1].split()[0]) for o in outcomes]  # -1: killed before the folder existed
-    # The kills are spread over the run's life (which phase a delay hits depends on the machine's
-    # load, so no phase is required here: the named moments below hit each one deterministically).
-    assert len(set(rows)) >= 2, outcomes
+            assert killed(status), f"the run died of something else than the kill (wait status {status})"
+            landing = landed(runs)
+            landings.append((round(fractions.pop(0), 3), landing.rows, landing.committed))
+        assert check_recovers(linear_config, runs, reference) == []  # finished or killed, the same run
+    assert len(landings) == RANDOM_KILLS, landings
+    # Spread over the run's life: some before its first commit (setup, the first epoch; -1 rows:
+    # killed before the folder existed), a third at least after it.
+    committed = [c for _, _, c in landings]
+    assert committed.count(None) >= 1 and len(committed) - committed.count(None) >= RANDOM_KILLS // 3, landings
 
 
 def _named(path: str):
     return lambda *args, **kwargs: str(args[1] if len(args) > 1 else args[0]).endswith(path)
 
 
-# Named moments: (function to patch, which calls count, kill at the nth). F = torch.nn.functional:
-# epoch 1 calls F.cross_entropy 4 times in training (256 images / 64) and once in evaluation.
+def _embedding(*present: str, absent: tuple[str, ...] = ()):
+    """The projector embedding of the last evaluation (step 12, tb/00012/TAG/) holds ``present`` and
+    not ``absent``."""
+    from centerexp.events import EMBEDDING
+
+    def holds(run: Path) -> bool:
+        folder = run / "tb" / "00012" / EMBEDDING
+        return all((folder / f).is_file() for f in present) and not any((folder / f).exists() for f in absent)
+
+    return holds
+
+
+# Named moments: (function to patch, which calls count, kill at the nth), and where that lands. The
+# run: 3 epochs of 4 steps (256 images / 64), an evaluation after each, at steps 4, 8, 12. Each
+# evaluation appends its row, keeps its feature frame as data (plots/features/epoch_N.pt) and
+# features.pt, logs its events, writes the checkpoint (temp file, rename), then summary.json (temp
+# file, rename); after the last one the figures are drawn (frames, loss curves, GIF). F =
+# torch.nn.functional: epoch 1 calls F.cross_entropy 4 times in training and once in evaluation.
+# summary.json is replaced when the folder is made (1), when training begins (2), then after each
+# epoch (3, 4, 5).
 NAMED_MOMENTS = {
-    "setup, loading MNIST": ("centerexp.training.train.load_mnist", lambda *a, **k: True, 1),
-    "creating the run folder": ("centerexp.rundir.folder.atomic_write_text", lambda p, *a: ".creating-" in str(p), 2),
-    "mid-step, epoch 2": ("F.cross_entropy", lambda *a, **k: True, 7),
-    "evaluation, epoch 2": ("centerexp.training.train.evaluate", lambda *a, **k: True, 2),
-    "first metrics row written, plots not yet": ("centerexp.plots.plot_loss_curves", lambda *a, **k: True, 1),
-    "drawing the feature plot, epoch 3": ("centerexp.plots.plot_features", lambda *a, **k: True, 3),
-    "checkpoint temp file written, epoch 2": ("os.replace", _named("last.pt"), 2),
-    "summary.json temp file written, epoch 2": ("os.replace", _named("summary.json"), 3),
-    "features.pt temp file written, epoch 1": ("os.replace", _named("features.pt"), 1),
-    "assembling the GIF": ("centerexp.plots.make_gif", lambda *a, **k: True, 1),
-    "events flushed, checkpoint not yet, epoch 2": ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 2),
-    "writing the projector embedding": ("shutil.rmtree", lambda path, *a, **k: str(path).endswith("00012"), 1),
-    "embedding written, last checkpoint not yet": ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 3),
+    "setup, loading MNIST": (
+        ("centerexp.training.train.load_mnist", lambda *a, **k: True, 1),
+        Landing(rows=0, committed=None, also=lambda run: not (run / "env.json").exists()),
+    ),
+    "creating the run folder": (
+        ("centerexp.rundir.folder.atomic_write_text", lambda p, *a: ".creating-" in str(p), 2),
+        Landing(rows=-1, committed=None, folder=False),
+    ),
+    "mid-step, epoch 2": (("F.cross_entropy", lambda *a, **k: True, 7), Landing(rows=1, committed=4)),
+    "evaluation, epoch 2": (("centerexp.training.train.evaluate", lambda *a, **k: True, 2), Landing(1, 4)),
+    "first metrics row written, its frame not kept yet": (
+        ("centerexp.training.outputs.keep_frame", lambda *a, **k: True, 1),
+        Landing(rows=1, committed=None, also=lambda run: not list((run / "plots" / "features").glob("*.pt"))),
+    ),
+    "frame data temp file written, epoch 2": (
+        ("os.replace", _named("epoch_002.pt"), 1),
+        Landing(rows=2, committed=4, cut=("plots/features/epoch_002.pt",)),
+    ),
+    "checkpoint temp file written, epoch 2": (
+        ("os.replace", _named("last.pt"), 2),
+        Landing(rows=2, committed=4, cut=("checkpoints/last.pt",)),
+    ),
+    "summary.json temp file written, epoch 2": (
+        ("os.replace", _named("summary.json"), 4),
+        Landing(
+            rows=2,
+            committed=8,
+            cut=("summary.json",),
+            also=lambda run: json.loads((run / "summary.json").read_text())["epochs_done"] == 1,
+        ),
+    ),
+    "features.pt temp file written, epoch 1": (
+        ("os.replace", _named("features.pt"), 1),
+        Landing(rows=1, committed=None, cut=("features.pt",)),
+    ),
+    "drawing the feature frames, after the last checkpoint": (
+        ("centerexp.plots.plot_features", lambda *a, **k: True, 2),
+        Landing(rows=3, committed=12, also=lambda run: not (run / "plots" / "features.png").exists()),
+    ),
+    "assembling the GIF": (
+        ("centerexp.plots.make_gif", lambda *a, **k: True, 1),
+        Landing(rows=3, committed=12, also=lambda run: not (run / "plots" / "features.gif").exists()),
+    ),
+    "events flushed, checkpoint not yet, epoch 2": (
+        ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 2),
+        Landing(rows=2, committed=4),
+    ),
+    # add_embedding writes metadata.tsv, sprite.png, tensors.tsv, then projector_config.pbtxt
+    "writing the projector embedding": (
+        ("torch.utils.tensorboard.writer.make_mat", lambda *a, **k: True, 1),
+        Landing(rows=3, committed=8, also=_embedding("metadata.tsv", "sprite.png", absent=("tensors.tsv",))),
+    ),
+    "embedding written, last checkpoint not yet": (
+        ("centerexp.training.train.atomic_torch_save", _named("last.pt"), 3),
+        Landing(rows=3, committed=8, also=_embedding("metadata.tsv", "sprite.png", "tensors.tsv")),
+    ),
 }
 
 
 @pytest.mark.parametrize("moment", list(NAMED_MOMENTS))
 def test_kill_at_a_named_moment_then_resume(tmp_path, linear_config, linear_reference, moment):
+    point, landing = NAMED_MOMENTS[moment]
+
     def victim():
-        kill_self_when(*NAMED_MOMENTS[moment])
+        kill_self_when(*point)
         start_run(linear_config, [], tmp_path, "k", progress=False)
 
-    status = in_child(victim)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{moment}: the kill point was not hit"
+    assert killed(in_child(victim)), f"{moment}: the kill point was not hit"
+    assert_landed(tmp_path, landing, moment)
     assert check_recovers(linear_config, tmp_path, linear_reference[0]) == []
 
 
 def test_kill_during_a_resume_then_resume_again(tmp_path, linear_config, linear_reference):
-    def first_victim():
-        kill_self_when("centerexp.plots.plot_features", nth=2)
+    def first_victim():  # dies with epoch 2's row written, before its frame and checkpoint
+        kill_self_when("centerexp.training.outputs.keep_frame", nth=2)
         start_run(linear_config, [], tmp_path, "k", progress=False)
 
     def second_victim():  # the resume itself dies inside its first epoch's second training step
         kill_self_when("F.cross_entropy", nth=2)
         resume_run(tmp_path / "k", progress=False)
 
-    assert os.WIFSIGNALED(in_child(first_victim))
-    assert os.WIFSIGNALED(in_child(second_victim))
+    assert killed(in_child(first_victim))
+    assert_landed(tmp_path, Landing(rows=2, committed=4), "the first kill, after epoch 2's row")
+    assert killed(in_child(second_victim))
+    assert_landed(tmp_path, Landing(rows=1, committed=4), "the resume's kill, inside epoch 2 (its row dropped)")
     check_recovers(linear_config, tmp_path, linear_reference[0])
 
 
-MID_STEP = ("F.cross_entropy", lambda *a, **k: True, 4)  # 2 steps + 1 evaluation per epoch: epoch 2's first step
+# Each epoch: 2 steps (32 images / 16) and 1 evaluation. F.cross_entropy's 4th call: epoch 2's first step.
+MID_STEP = (("F.cross_entropy", lambda *a, **k: True, 4), Landing(rows=1, committed=2))
+MID_CHECKPOINT = (("os.replace", _named("last.pt"), 2), Landing(rows=2, committed=2, cut=("checkpoints/last.pt",)))
+
+
+def fft_at_7x7(c_in, c_out, kernel, padding, height, width, batch, precision, device, channels_last) -> dict:
+    """A measurement (conv.measure_layer's signature) in which fft wins on the 7x7 maps and the
+    library everywhere else: auto then mixes the two, whatever this machine would measure."""
+    from centerexp.training import conv
+
+    fft = 0.5 if height == 7 else 2.0
+    return {a: {"fft": fft}.get(a, 1.0) for a in conv.ALGORITHMS if conv.applies(a, kernel, padding, height, width)}
+
+
+def library_everywhere(*args) -> dict:
+    return {a: 1.0 if a == "library" else 2.0 for a in fft_at_7x7(*args)}
 
 
 @pytest.mark.parametrize(
     "conv_algo, points",
     [
-        ("auto", [MID_STEP, NAMED_MOMENTS["checkpoint temp file written, epoch 2"]]),  # as measured here
+        ("auto", [MID_STEP, MID_CHECKPOINT]),  # auto choosing fft for the 7x7 layers, the library elsewhere
         ("library", [MID_STEP]),  # oneDNN's convolutions, as every run before conv_algo
     ],
 )
-def test_conv_net_killed_mid_step_and_mid_checkpoint_resumes_bit_exact(tmp_path, conv_algo, points):
+def test_conv_net_killed_mid_step_and_mid_checkpoint_resumes_bit_exact(
+    tmp_path, monkeypatch, mnist_root, conv_algo, points
+):
+    from centerexp.training import conv
+
     config = write_config(
         tmp_path / "conv.yaml", base="v1_2", **{**CONV, "train": {**CONV["train"], "conv_algo": conv_algo}}
     )
+    # A speed cache of its own (the session's says the library everywhere), filled by fft_at_7x7;
+    # the forked children inherit both.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "MNIST").symlink_to(mnist_root / "MNIST")
+    monkeypatch.setenv("CENTEREXP_DATA", str(data))
+    monkeypatch.setattr(conv, "measure_layer", fft_at_7x7)
     assert in_child(lambda: start_run(config, [], tmp_path / "ref", "c", progress=False)) == 0
     chosen = json.loads((tmp_path / "ref" / "c" / "env.json").read_text())["conv_algorithms"]
-    assert len(chosen) == 6 and (conv_algo == "auto" or set(chosen.values()) == {"library"})
-    for i, point in enumerate(points):
+    assert len(chosen) == 6
+    if conv_algo == "auto":
+        assert chosen == {k: "fft" if k.endswith("@7x7") else "library" for k in chosen}, chosen
+    else:
+        assert set(chosen.values()) == {"library"}
+    for i, (point, landing) in enumerate(points):
+        runs = tmp_path / f"runs{i}"
 
-        def victim(runs=tmp_path / f"runs{i}", point=point):
+        def victim(runs=runs, point=point):
             kill_self_when(*point)
             start_run(config, [], runs, "c", progress=False)
 
-        assert os.WIFSIGNALED(in_child(victim))
-        run = recover(config, tmp_path / f"runs{i}", "c")
+        monkeypatch.setattr(conv, "measure_layer", fft_at_7x7)
+        assert killed(in_child(victim))
+        assert_landed(runs, landing, f"{conv_algo}, {point[0]}", "c")
+        # The resume trains on with the algorithms the run chose at its start (env.json), even where
+        # this machine would now choose others.
+        (data / "speed-cache.json").unlink(missing_ok=True)
+        monkeypatch.setattr(conv, "measure_layer", library_everywhere)
+        run = recover(config, runs, "c")
+        assert json.loads((run / "env.json").read_text())["resumes"][-1]["conv_algorithms"] == chosen
         assert metrics_without_timing(run) == metrics_without_timing(tmp_path / "ref" / "c")
 
 
@@ -302,7 +520,7 @@ def test_kill_while_overwrite_deletes_the_old_run(tmp_path, linear_config, linea
         kill_self_when("shutil.rmtree", lambda path, *a, **k: ".deleting-" in str(path))
         start_run(linear_config, [], tmp_path, "k", overwrite=True, progress=False)
 
-    assert os.WIFSIGNALED(in_child(victim))
+    assert killed(in_child(victim))
     assert not (tmp_path / "k").exists() and list(tmp_path.glob(".k.deleting-*"))  # no half run folder
     assert check_recovers(linear_config, tmp_path, linear_reference[0]) == []  # and the leftover is gone
 
@@ -314,10 +532,26 @@ def test_kill_while_overwrite_deletes_the_old_run(tmp_path, linear_config, linea
 # 4, eval (6 calls in epoch 1), steps 5-6, eval, steps 7-8, eval (12), step 9, eval, steps 10-12.
 EVERY_3 = {**LINEAR, "train": {**LINEAR["train"], "eval_every": 3}}
 MID_EPOCH_MOMENTS = {
-    "between two evaluations, inside epoch 2 (step 5)": ("F.cross_entropy", lambda *a, **k: True, 7),
-    "right after the first (mid-epoch) row": ("centerexp.plots.plot_loss_curves", lambda *a, **k: True, 1),
-    "mid-epoch checkpoint temp file written": ("os.replace", _named("last.pt"), 1),
-    "epoch 3, after its mid-epoch checkpoint (step 11)": ("F.cross_entropy", lambda *a, **k: True, 16),
+    "between two evaluations, inside epoch 2 (step 5)": (
+        ("F.cross_entropy", lambda *a, **k: True, 7),
+        Landing(rows=2, committed=4),
+    ),
+    "right after the first (mid-epoch) row": (
+        ("centerexp.training.outputs.keep_frame", lambda *a, **k: True, 1),
+        Landing(rows=1, committed=None),
+    ),
+    "mid-epoch checkpoint temp file written": (
+        ("os.replace", _named("last.pt"), 1),
+        Landing(rows=1, committed=None, cut=("checkpoints/last.pt",)),
+    ),
+    "epoch 3, after its mid-epoch checkpoint (step 11)": (
+        ("F.cross_entropy", lambda *a, **k: True, 16),
+        Landing(
+            rows=5,
+            committed=9,
+            also=lambda run: torch.load(run / "checkpoints/last.pt", weights_only=True)["inside_epoch"] is not None,
+        ),
+    ),
 }
 
 
@@ -340,13 +574,14 @@ def test_eval_every_adds_rows_inside_epochs(every_3):
 @pytest.mark.parametrize("moment", list(MID_EPOCH_MOMENTS))
 def test_kill_inside_an_epoch_with_eval_every_then_resume(tmp_path, every_3, moment):
     config, reference = every_3
+    point, landing = MID_EPOCH_MOMENTS[moment]
 
     def victim():
-        kill_self_when(*MID_EPOCH_MOMENTS[moment])
+        kill_self_when(*point)
         start_run(config, [], tmp_path, "k", progress=False)
 
-    status = in_child(victim)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{moment}: the kill point was not hit"
+    assert killed(in_child(victim)), f"{moment}: the kill point was not hit"
+    assert_landed(tmp_path, landing, moment)
     assert check_recovers(config, tmp_path, reference) == []
 
 

@@ -3,6 +3,7 @@ sequential path, record launcher.json, report a failed run with its log and skip
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from centerexp.sweeps import submitit_jobs as submit
 from centerexp.sweeps.jobs import LaunchOptions, Outcome
 from centerexp.sweeps.spec import RunSpec
 
-from .conftest import metrics_without_timing
+from .conftest import CONFIGS, metrics_without_timing
 
 TINY = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=1"]
 NAMES = ["v1_0_s0", "v1_1_s0", "v1_2_s0"]
@@ -69,68 +70,152 @@ def break_run(source: Path, target: Path) -> None:
     write_json(target / "summary.json", {**summary, "status": "interrupted"})
 
 
-def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential):
-    out = []
-    sweep(tmp_path, "local", out)
-    assert_same_runs(tmp_path, sequential)
-    assert (tmp_path / "report.md").is_file()
+# The local launcher's worker, wrapped to record when it started and ended (wall clock, which all
+# processes share): python -c TIMED WINDOW_FILE SPEC_JSON
+TIMED = """
+import json, sys, time
+start = time.time()
+from centerexp.sweeps.local import worker_main
+code = worker_main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump([start, time.time()], f)
+sys.exit(code)
+"""
+
+
+def timed_workers(monkeypatch, windows: Path) -> None:
+    windows.mkdir()
+
+    def worker_command(spec: RunSpec) -> list[str]:
+        return [sys.executable, "-c", TIMED, str(windows / spec.name), local.spec_to_json(spec)]
+
+    monkeypatch.setattr(local, "worker_command", worker_command)
+
+
+def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential, monkeypatch):
+    out, runs = [], tmp_path / "runs"
+    timed_workers(monkeypatch, tmp_path / "windows")
+    sweep(runs, "local", out)
+    windows = sorted(json.loads((tmp_path / "windows" / name).read_text()) for name in NAMES)
+    assert_same_runs(runs, sequential)
+    # two at a time: the first two ran at once, the third started when one of them had ended
+    (start1, end1), (start2, end2), (start3, _) = windows
+    assert start2 < end1, windows
+    assert start3 >= min(end1, end2), windows
+    assert (runs / "report.md").is_file()
     for name in NAMES:
-        record = read_json(tmp_path / name / "launcher.json")
+        record = read_json(runs / name / "launcher.json")
         assert (
             record["launcher"] == "local" and record["state"] == "completed" and record["job_id"].startswith("local-")
         )
         log = Path(record["log"])
-        assert log.parent == tmp_path / "logs" and f"{name}: completed after 1 epochs" in log.read_text()
+        assert log.parent == runs / "logs" and f"{name}: completed after 1 epochs" in log.read_text()
     assert sum(": completed (job local-" in line for line in out) == 3
-    threads = {read_json(tmp_path / name / "env.json")["threads"] for name in NAMES}
+    threads = {read_json(runs / name / "env.json")["threads"] for name in NAMES}
     assert threads == {max(1, jobs.cpu_count() // 2)}  # each of the 2 jobs got half the CPU threads
-    assert {read_json(tmp_path / name / "launcher.json")["threads"] for name in NAMES} == threads
+    assert {read_json(runs / name / "launcher.json")["threads"] for name in NAMES} == threads
 
     out.clear()  # a second call finds everything done and starts no process
-    sweep(tmp_path, "local", out, poll_s=None)
+    sweep(runs, "local", out, poll_s=None)
     assert sum("already completed, kept" in line for line in out) == 3
 
 
 def test_local_failure_is_reported_with_its_log_and_a_busy_run_is_skipped(tmp_path, sequential):
     """v1_0_s0 trains; v1_1_s0 cannot be resumed (fails); v1_2_s0 is held by another process (skipped)."""
-    break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
-    shutil.copytree(sequential / "v1_2_s0", tmp_path / "v1_2_s0")
+    runs = tmp_path / "runs"  # not beside the sequential runs, which the sweep would reuse
+    break_run(sequential / "v1_1_s0", runs / "v1_1_s0")
+    shutil.copytree(sequential / "v1_2_s0", runs / "v1_2_s0")
     write_json(
-        tmp_path / "v1_2_s0" / "summary.json",
+        runs / "v1_2_s0" / "summary.json",
         {**read_json(sequential / "v1_2_s0" / "summary.json"), "status": "interrupted"},
     )
-    before = (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes()
+    before = (runs / "v1_2_s0" / "metrics.csv").read_bytes()
     out = []
-    with RunLock(tmp_path / "v1_2_s0"), pytest.raises(CenterexpError) as e:
-        sweep(tmp_path, "local", out)
+    with RunLock(runs / "v1_2_s0"), pytest.raises(CenterexpError) as e:
+        sweep(runs, "local", out)
     message = str(e.value)
     assert "2 of 3 runs did not finish" in message
-    log = tmp_path / "logs" / "v1_1_s0.log"
+    log = runs / "logs" / "v1_1_s0.log"
     assert "v1_1_s0: failed (exit status 1: " in message and f"log: {log}" in message
     assert "cannot be read" in log.read_text()
     assert "v1_2_s0: skipped, " in message and "being trained by another process" in message
-    assert (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes() == before  # not touched
-    assert_same_runs(tmp_path, sequential, ["v1_0_s0"])  # the good run is not dropped
-    assert (tmp_path / "report.md").is_file()
-    record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
+    assert (runs / "v1_2_s0" / "metrics.csv").read_bytes() == before  # not touched
+    assert_same_runs(runs, sequential, ["v1_0_s0"])  # the good run is not dropped
+    assert (runs / "report.md").is_file()
+    record = read_json(runs / "v1_1_s0" / "launcher.json")
     assert record["state"] == "failed" and "cannot be read" in record["error"] and record["log"] == str(log)
 
 
 def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, sequential):
-    break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
+    runs = tmp_path / "runs"  # not beside the sequential runs, which the sweep would reuse
+    break_run(sequential / "v1_1_s0", runs / "v1_1_s0")
     out = []
     with pytest.raises(CenterexpError, match="1 of 3 runs did not finish") as e:
-        sweep(tmp_path, "submitit-local", out)
-    assert_same_runs(tmp_path, sequential, ["v1_0_s0", "v1_2_s0"])
-    record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
+        sweep(runs, "submitit-local", out)
+    assert_same_runs(runs, sequential, ["v1_0_s0", "v1_2_s0"])
+    record = read_json(runs / "v1_1_s0" / "launcher.json")
     assert record["launcher"] == "submitit-local" and record["state"] == "failed"
     err = Path(record["stderr"])
     assert err.is_file() and "cannot be read" in err.read_text()  # submitit's log has the traceback
     assert f"v1_1_s0: failed (job {record['job_id']}: " in str(e.value) and f"log: {err}" in str(e.value)
     for name in ("v1_0_s0", "v1_2_s0"):
-        record = read_json(tmp_path / name / "launcher.json")
+        record = read_json(runs / name / "launcher.json")
         assert record["state"] == "completed" and Path(record["log"]).is_file()
-    assert (tmp_path / "report.md").is_file()
+    assert (runs / "report.md").is_file()
+
+
+ONE_ARM = """\
+name: one
+title: one linear run of two epochs, stopped after the first
+arms:
+  - name: lin
+    config: {configs}/baseline.yaml
+    overrides: [train.epochs=2, train.threads=1, data.train_subset=256, data.test_subset=128, plot.gif=false]
+seeds: 1
+profiles:
+  tiny: {{precision: fp32}}
+"""
+
+
+def test_reproduce_resumes_a_part_way_run_with_the_local_launcher(tmp_path, monkeypatch):
+    """Ctrl-C during a reproduce leaves its run part-way (one epoch of two, interrupted); the same
+    reproduce with the local launcher then resumes that run in a worker process, from its checkpoint,
+    to the run a reproduce that was never stopped trains."""
+    import torch
+
+    from centerexp.rundir.records import RunSummary
+
+    experiment = tmp_path / "one.yaml"
+    experiment.write_text(ONE_ARM.format(configs=CONFIGS))
+    # in folders of their own: a sweep copies a completed run of the same inputs that it finds beside
+    # its runs dir (sweeps/reuse.py) instead of training it
+    reference, runs = tmp_path / "reference" / "one", tmp_path / "stopped" / "one"
+    reproduce(experiment, "tiny", runs_dir=reference, progress=False, echo=quiet)
+
+    finished = RunSummary.epoch_finished
+
+    def stopped_after_the_first_epoch(self):
+        finished(self)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunSummary, "epoch_finished", stopped_after_the_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            reproduce(experiment, "tiny", runs_dir=runs, progress=False, echo=quiet)
+    run = runs / "lin_s0"
+    assert read_json(run / "summary.json")["status"] == "interrupted"
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert len(metrics_without_timing(run)) == 1
+
+    out = []
+    options = LaunchOptions("local", jobs=2, poll_s=0.2)
+    reproduce(experiment, "tiny", runs_dir=runs, progress=False, echo=out.append, launcher=options)
+    assert f"{run}: resuming" in out and sum(": completed (job local-" in line for line in out) == 1
+    assert read_json(run / "summary.json")["status"] == "completed"
+    assert read_json(run / "launcher.json")["state"] == "completed"
+    assert len(read_json(run / "env.json")["resumes"]) == 1  # resumed from its checkpoint, not started again
+    assert len((run / "command.txt").read_text().splitlines()) == 2
+    assert metrics_without_timing(run) == metrics_without_timing(reference / "lin_s0")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def test_half_precision_features_are_upcast_to_fp32():
 
 
 def test_a_new_auxiliary_loss_is_a_class_and_a_config_choice(tmp_path, monkeypatch):
-    """A test double without centers or trainable parameters trains end to end, with plots."""
+    """A test double without centers or trainable parameters trains end to end, with plots, and the
+    trainer calls its after_step hook once per optimizer step with that step's features and labels."""
     from centerexp import config
     from centerexp.rundir.records import read_metrics
     from centerexp.training import losses
@@ -144,23 +145,26 @@ def test_a_new_auxiliary_loss_is_a_class_and_a_config_choice(tmp_path, monkeypat
 
     from .conftest import write_config
 
+    made = []
+
     class FeatureNorm(losses.AuxiliaryLoss):  # pulls every feature towards the origin
         def __init__(self, cfg, num_classes, feat_dim):
             super().__init__()
-            self.lamda, self.after_step_calls = cfg.lamda, 0
+            self.lamda, self.after_step_calls = cfg.lamda, []
+            made.append(self)
 
         def forward(self, features, labels):
             return self.lamda * features.float().pow(2).sum(1).mean()
 
         def after_step(self, features, labels):
-            self.after_step_calls += 1
+            self.after_step_calls.append((tuple(features.shape), tuple(labels.shape), features.requires_grad))
 
     monkeypatch.setitem(losses.AUX_LOSSES, "feature_norm", FeatureNorm)
     monkeypatch.setitem(config.CHOICES, "loss.kind", ("center", "feature_norm"))
     cfg = write_config(
         tmp_path / "fn.yaml",
         loss={"kind": "feature_norm", "lamda": 0.01},
-        train={"epochs": 2, "precision": "fp32"},
+        train={"epochs": 2, "batch_size": 64, "precision": "fp32"},
         data={"train_subset": 256, "test_subset": 128},
         plot={"gif": False},
     )
@@ -170,3 +174,33 @@ def test_a_new_auxiliary_loss_is_a_class_and_a_config_choice(tmp_path, monkeypat
     assert float(rows[0]["train_center"]) > 0 and rows[0]["center_lag"] == "nan"  # no centers to trail
     assert float(rows[0]["compactness_ratio"]) > 0  # measured against class means, centers or not
     assert (run / "plots" / "features.png").is_file()
+    # after_step once per step (2 epochs x 4 batches of 64), with the step's detached features
+    # (64 x feat_dim 2) and labels
+    assert int(rows[-1]["step"]) == 8
+    assert [call for loss in made for call in loss.after_step_calls] == [((64, 2), (64,), False)] * 8
+
+
+# --- compactness (rundir/measures.py): the feature columns of a metrics row -----------------------
+
+
+def test_compactness_matches_hand_computation():
+    """Three classes, labelled 0, 1 and 5 (a tiny test subset may lack digits), in 2-D:
+    class 0 at (-1, 0), (1, 0): mean (0, 0), distances 1, 1;
+    class 1 at (3, 1), (3, -1): mean (3, 0), distances 1, 1;
+    class 5 at (0, 6), (0, 2), (0, 4): mean (0, 4), distances 2, 2, 0.
+    intra = mean distance to the own class mean = 8 / 7. The means form a 3-4-5 triangle: inter =
+    mean distance between two different class means = (3 + 4 + 5) / 3 = 4. ratio = (8 / 7) / 4 = 2 / 7.
+    Centers at (3, 4), (3, 0), (0, 2) for digits 0, 1, 5 lie 5, 0 and 2 from the means: center_lag = 7 / 3."""
+    from centerexp.rundir.measures import compactness
+
+    features = torch.tensor([[3.0, 1.0], [-1.0, 0.0], [0.0, 6.0], [3.0, -1.0], [0.0, 2.0], [1.0, 0.0], [0.0, 4.0]])
+    labels = torch.tensor([1, 0, 5, 1, 5, 0, 5])
+    centers = torch.full((10, 2), 99.0)  # digits that are absent must not count
+    centers[0], centers[1], centers[5] = torch.tensor([3.0, 4.0]), torch.tensor([3.0, 0.0]), torch.tensor([0.0, 2.0])
+    got = compactness(features, labels, centers)
+    expected = {"intra_class": 8 / 7, "inter_class": 4.0, "compactness_ratio": 2 / 7, "center_lag": 7 / 3}
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert math.isnan(compactness(features, labels, None)["center_lag"])  # a loss without centers
+    one_class = compactness(features[labels == 5], labels[labels == 5], None)
+    assert one_class["intra_class"] == pytest.approx(4 / 3)
+    assert math.isnan(one_class["inter_class"]) and math.isnan(one_class["compactness_ratio"])

@@ -51,8 +51,8 @@ def test_rerun_is_bit_identical(tmp_path, tiny_config, reference_run):
 
 
 def test_conv_rerun_is_bit_identical(tmp_path):
-    """With the convolution algorithms auto chooses (read back from the speed cache by the second
-    run); batch, threads and precision as in test_faults.py's conv runs, which measured them once."""
+    """With the convolution algorithms auto chooses, read back from the speed cache by both runs
+    (the session's, seeded by conftest.seed_speed_cache for this net, batch and thread count)."""
     cfg = write_config(
         tmp_path / "conv.yaml",
         base="v1_2",
@@ -177,7 +177,7 @@ def test_resume_keeps_the_conv_algorithms_and_a_run_from_before_them_resumes_wit
     assert cli("train", str(config), "--runs-dir", str(tmp_path), "-q").exit_code == 0
     run = tmp_path / "conv"
     env = json.loads((run / "env.json").read_text())
-    assert len(env["conv_algorithms"]) == 6 and "seconds" in env["conv_choice"]  # auto measured (or read the cache)
+    assert len(env["conv_algorithms"]) == 6 and "seconds" in env["conv_choice"]  # auto read the (seeded) cache
     everything_fft = dict.fromkeys(env["conv_algorithms"], "fft")  # as if this machine had chosen fft throughout
     (run / "env.json").write_text(json.dumps({**env, "conv_algorithms": everything_fft}))
     assert cli("train", "--resume", str(run), "--set", "train.epochs=2", "--allow-config-change", "-q").exit_code == 0
@@ -209,6 +209,79 @@ def test_a_run_that_dies_during_setup_can_be_resumed(tmp_path, tiny_config, refe
     result = cli("train", "--resume", str(run), "-q")
     assert result.exit_code == 0, result.output
     assert metrics_without_timing(run) == metrics_without_timing(reference_run)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_a_process_stopped_inside_training_leaves_an_interrupted_run_that_resumes(
+    tmp_path, tiny_config, reference_run, monkeypatch, stop
+):
+    """KeyboardInterrupt, or SystemExit (submitit requeueing a preempted job), raised inside the
+    training loop rather than delivered as a signal: the run is marked interrupted, not failed, the
+    exception goes on up, and the run resumes from its last checkpoint to the uninterrupted run."""
+    from centerexp.rundir.records import RunSummary
+    from centerexp.training.train import start_run
+
+    finished, calls = RunSummary.epoch_finished, [0]
+
+    def stopped_after_epoch_2(self):
+        finished(self)
+        calls[0] += 1
+        if calls[0] == 2:
+            raise stop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunSummary, "epoch_finished", stopped_after_epoch_2)
+        with pytest.raises(stop):
+            start_run(tiny_config, [], tmp_path, progress=False)
+    run = tmp_path / "tiny"
+    assert summary(run)["status"] == "interrupted" and summary(run)["epochs_done"] == 2
+    assert summary(run)["error"].startswith(f"process stopped ({stop.__name__}); resume with: centerexp train --resume")
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["epoch"] == 2
+    result = cli("train", "--resume", str(run), "-q")  # the lock went with the exception
+    assert result.exit_code == 0, result.output
+    assert metrics_without_timing(run) == metrics_without_timing(reference_run)
+    assert summary(run)["status"] == "completed"
+
+
+def test_arms_trained_on_another_device_type_or_torch_are_not_comparable(tmp_path, reference_run):
+    """Not comparable: precision (test_claims.py), device type, torch version, of every process that
+    trained a run (env.json and its resumes); the device's index does not matter."""
+    import yaml
+
+    from centerexp.analysis import claims
+    from centerexp.analysis.runs import load_runs
+    from centerexp.analysis.stats import NOT_COMPARABLE
+
+    copies = iter(range(1000))
+
+    def arm(name: str, envs: list[dict]) -> claims.Arm:
+        """Three runs, copies of the reference run as seeds 0-2, trained (and resumed) in ``envs``."""
+        made = claims.Arm(name, name)
+        for seed in range(3):
+            run = tmp_path / f"{name}_{next(copies)}"
+            shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("tb", "plots", "checkpoints"))
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            cfg["train"]["seed"] = seed
+            (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+            env = json.loads((run / "env.json").read_text())
+            first, *resumes = [{**env, **e} for e in envs]
+            (run / "env.json").write_text(json.dumps({**first, "resumes": resumes}))
+            made.runs[seed] = load_runs([run])[0]
+        return made
+
+    claim = claims.ClaimSpec("1", "a beats b", "a", "b", "final_test_acc", "paired")
+    cpu = {"device": "cpu", "torch": torch.__version__, "precision": "fp32"}
+
+    def verdict(a_envs, b_envs):
+        result = claims.judge(claim, {"a": arm("a", a_envs), "b": arm("b", b_envs)}).result
+        assert (result.verdict == NOT_COMPARABLE) == ("different arithmetic" in " ".join(result.notes))
+        return result.verdict
+
+    assert verdict([cpu], [cpu]) != NOT_COMPARABLE
+    assert verdict([cpu], [{**cpu, "device": "cuda:0"}]) == NOT_COMPARABLE
+    assert verdict([cpu], [{**cpu, "torch": "2.99.0"}]) == NOT_COMPARABLE
+    assert verdict([cpu], [cpu, {**cpu, "torch": "2.99.0"}]) == NOT_COMPARABLE  # resumed under another torch
+    assert verdict([{**cpu, "device": "cuda:0"}], [{**cpu, "device": "cuda:1"}]) != NOT_COMPARABLE
 
 
 def test_resume_without_a_checkpoint_restarts_from_epoch_0(workspace, reference_run):

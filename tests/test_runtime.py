@@ -140,7 +140,7 @@ def test_the_real_measurement_returns_two_positive_rates():
 
 def test_a_bf16_training_step_on_cpu_is_finite():
     from centerexp.training.data import Split
-    from centerexp.training.train import build_parts, train_one_epoch
+    from centerexp.training.loop import build_parts, train_one_epoch
 
     cfg = Config()
     cfg.model.arch, cfg.train.precision, cfg.train.device, cfg.train.batch_size = "shallow", "bf16", "cpu", 16
@@ -169,29 +169,54 @@ def test_the_cli_imports_torch_only_to_train():
         assert out.stdout.split()[-2:] == [str(status), "False"], (args, out.stdout, out.stderr)
 
 
-def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path):
+def tiny_conv_net(feat_dim: int = 2):
+    """A conv net small enough for bf16 on any CPU (oneDNN's reference kernels, where the CPU has no
+    bf16 units, take minutes for the shallow net): two ConvLayers 1-4-8 and a pool, the head of the
+    real nets. Under bf16 autocast its convolutions compute in bf16, as the real nets' do."""
+    from centerexp.training.models import ConvNet
+
+    return ConvNet([[1, 4, 8]], 8 * 14 * 14, feat_dim)
+
+
+def test_parity_pairs_bf16_with_fp32_by_seed(tmp_path, monkeypatch):
+    """On a conv net, where bf16 autocast applies (the linear net keeps fp32 under it, and its
+    differences are all 0): the pairs differ, and the intervals are scipy's paired t."""
     from scipy import stats
 
     from centerexp.experiments.parity import parity
     from centerexp.rundir.records import metrics_columns
+    from centerexp.training import models
 
     from .conftest import CONFIGS
 
-    tiny = ["model.arch=linear", "data.train_subset=256", "data.test_subset=128", "train.epochs=2", "plot.gif=false"]
+    monkeypatch.setattr(models, "shallow_net", tiny_conv_net)  # v1_2.yaml's arch, made tiny
+    # 24 steps at a rate where the tiny net learns (test accuracy near 0.3, not stuck at chance, where
+    # bf16 would change no prediction); one thread; the library, since this is about precision, not
+    # the algorithms (auto would time them in bf16)
+    tiny = ["data.train_subset=256", "data.test_subset=300", "train.epochs=3", "train.batch_size=32"]
+    tiny += ["train.lr=0.02", "loss.lamda=0.25", "train.threads=1", "train.conv_algo=library", "plot.gif=false"]
     lines = []
-    result = parity(CONFIGS / "baseline.yaml", 3, tmp_path, tiny, progress=False, echo=lines.append)
+    result = parity(CONFIGS / "v1_2.yaml", 3, tmp_path, tiny, progress=False, echo=lines.append)
     names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert names == [f"baseline_{p}_s{s}" for p in ("bf16", "fp32") for s in range(3)]
-    final = {
-        p: [metrics_columns(tmp_path / f"baseline_{p}_s{s}/metrics.csv")["test_acc"][-1] for s in range(3)]
-        for p in ("bf16", "fp32")
-    }
-    m = result["metrics"]["final_test_acc"]
-    diffs = [b - f for b, f in zip(final["bf16"], final["fp32"])]
-    assert m["n"] == 3 and m["difference"] == pytest.approx(sum(diffs) / 3)
-    if len(set(diffs)) > 1:  # scipy's interval (it has none when all differences are equal)
-        ci = stats.ttest_rel(final["bf16"], final["fp32"]).confidence_interval(0.95)
-        assert m["ci_low"] == pytest.approx(ci.low) and m["ci_high"] == pytest.approx(ci.high)
+    assert names == [f"v1_2_{p}_s{s}" for p in ("bf16", "fp32") for s in range(3)]
+    env = json.loads((tmp_path / "v1_2_bf16_s0" / "env.json").read_text())
+    assert env["precision"] == "bf16" and set(env["conv_algorithms"].values()) == {"library"}
+    per_seed = result["per_seed"]
+    for p in ("bf16", "fp32"):  # the final accuracies it paired are the runs' own
+        final = [metrics_columns(tmp_path / f"v1_2_{p}_s{s}/metrics.csv")["test_acc"][-1] for s in range(3)]
+        assert [f["final_test_acc"] for f in per_seed[p]] == final
+    compared = []
+    for key in ("final_test_acc", "auc"):
+        bf16, fp32 = ([f[key] for f in per_seed[p]] for p in ("bf16", "fp32"))
+        diffs = [b - f for b, f in zip(bf16, fp32)]
+        m = result["metrics"][key]
+        assert m["n"] == 3 and m["difference"] == pytest.approx(sum(diffs) / 3)
+        if len(set(diffs)) > 1:  # scipy has no interval when all differences are equal
+            ci = stats.ttest_rel(bf16, fp32).confidence_interval(0.95)
+            assert m["ci_low"] == pytest.approx(ci.low) and m["ci_high"] == pytest.approx(ci.high)
+            compared.append(key)
+    # bf16 changed the numbers, and by different amounts per seed: scipy's interval was compared
+    assert compared, f"bf16 and fp32 differ alike in every seed: {result['per_seed']}"
     assert json.loads((tmp_path / "parity.json").read_text())["metrics"]["final_test_acc"]["n"] == 3
     assert "95% CI" in lines[-1] and "paired t, n=3" in lines[-1]
     assert lines[-1].startswith("train.precision: bf16 vs fp32") and "training time per epoch, fp32 / bf16" in lines[-1]
@@ -211,21 +236,27 @@ def test_parity_of_the_convolution_algorithms_pairs_auto_with_the_library(tmp_pa
     assert "train.epochs=1" in specs[0].overrides
 
 
-def test_a_clear_loser_is_timed_once_and_the_others_as_asked():
-    """bf16 on a CPU without bf16 units: one timed step shows it cannot win, so it is not timed 3 times."""
-    import time
+def test_a_clear_loser_is_timed_once_and_the_others_as_asked(monkeypatch):
+    """bf16 on a CPU without bf16 units: one timed step shows it cannot win, so it is not timed 3 times.
+    On a fake clock that each call advances by its own duration: no sleep that a busy machine overruns."""
+    from types import SimpleNamespace
 
+    clock = [0.0]
+    monkeypatch.setattr(speedcache, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     calls = {"fast": 0, "close": 0, "slow": 0}
-    naps = {"fast": 0.02, "close": 0.025, "slow": 0.2}  # wide margins: sleeps overrun on a busy machine
+    seconds_per_call = {"fast": 0.25, "close": 0.4375, "slow": 0.5625}  # under and over 2x fast (exact in binary)
 
-    def nap(name):
+    def call(name):
         calls[name] += 1
-        time.sleep(naps[name])
+        clock[0] += seconds_per_call[name]
 
-    candidates = {name: lambda name=name: nap(name) for name in naps}
+    candidates = {name: lambda name=name: call(name) for name in seconds_per_call}
     seconds = speedcache.median_seconds(candidates, torch.device("cpu"), 3, 0.0, drop_slower_than=2.0)
     assert calls == {"fast": 4, "close": 4, "slow": 2}  # one warm-up call each, then 3 timed / 1 timed
-    assert seconds["slow"] >= 0.2 > seconds["fast"]
+    assert seconds == pytest.approx(seconds_per_call)
     calls.update(dict.fromkeys(calls, 0))
     speedcache.median_seconds(candidates, torch.device("cpu"), 3, 0.0)  # without it, all are timed alike
     assert calls == {"fast": 4, "close": 4, "slow": 4}
+    calls.update(dict.fromkeys(calls, 0))
+    speedcache.median_seconds(candidates, torch.device("cpu"), 3, 5.0)  # and for min_seconds in all, at least
+    assert calls == {"fast": 5, "close": 5, "slow": 5}  # 4 rounds of 1.25 s reach 5 s
