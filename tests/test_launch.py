@@ -122,46 +122,44 @@ def test_local_jobs_2_trains_the_same_runs_as_sequential(tmp_path, sequential, m
 
 def test_local_failure_is_reported_with_its_log_and_a_busy_run_is_skipped(tmp_path, sequential):
     """v1_0_s0 trains; v1_1_s0 cannot be resumed (fails); v1_2_s0 is held by another process (skipped)."""
-    runs = tmp_path / "runs"  # not beside the sequential runs, which the sweep would reuse
-    break_run(sequential / "v1_1_s0", runs / "v1_1_s0")
-    shutil.copytree(sequential / "v1_2_s0", runs / "v1_2_s0")
+    break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
+    shutil.copytree(sequential / "v1_2_s0", tmp_path / "v1_2_s0")
     write_json(
-        runs / "v1_2_s0" / "summary.json",
+        tmp_path / "v1_2_s0" / "summary.json",
         {**read_json(sequential / "v1_2_s0" / "summary.json"), "status": "interrupted"},
     )
-    before = (runs / "v1_2_s0" / "metrics.csv").read_bytes()
+    before = (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes()
     out = []
-    with RunLock(runs / "v1_2_s0"), pytest.raises(CenterexpError) as e:
-        sweep(runs, "local", out)
+    with RunLock(tmp_path / "v1_2_s0"), pytest.raises(CenterexpError) as e:
+        sweep(tmp_path, "local", out)
     message = str(e.value)
     assert "2 of 3 runs did not finish" in message
-    log = runs / "logs" / "v1_1_s0.log"
+    log = tmp_path / "logs" / "v1_1_s0.log"
     assert "v1_1_s0: failed (exit status 1: " in message and f"log: {log}" in message
     assert "cannot be read" in log.read_text()
     assert "v1_2_s0: skipped, " in message and "being trained by another process" in message
-    assert (runs / "v1_2_s0" / "metrics.csv").read_bytes() == before  # not touched
-    assert_same_runs(runs, sequential, ["v1_0_s0"])  # the good run is not dropped
-    assert (runs / "report.md").is_file()
-    record = read_json(runs / "v1_1_s0" / "launcher.json")
+    assert (tmp_path / "v1_2_s0" / "metrics.csv").read_bytes() == before  # not touched
+    assert_same_runs(tmp_path, sequential, ["v1_0_s0"])  # the good run is not dropped
+    assert (tmp_path / "report.md").is_file()
+    record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
     assert record["state"] == "failed" and "cannot be read" in record["error"] and record["log"] == str(log)
 
 
 def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, sequential):
-    runs = tmp_path / "runs"  # not beside the sequential runs, which the sweep would reuse
-    break_run(sequential / "v1_1_s0", runs / "v1_1_s0")
+    break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
     out = []
     with pytest.raises(CenterexpError, match="1 of 3 runs did not finish") as e:
-        sweep(runs, "submitit-local", out)
-    assert_same_runs(runs, sequential, ["v1_0_s0", "v1_2_s0"])
-    record = read_json(runs / "v1_1_s0" / "launcher.json")
+        sweep(tmp_path, "submitit-local", out)
+    assert_same_runs(tmp_path, sequential, ["v1_0_s0", "v1_2_s0"])
+    record = read_json(tmp_path / "v1_1_s0" / "launcher.json")
     assert record["launcher"] == "submitit-local" and record["state"] == "failed"
     err = Path(record["stderr"])
     assert err.is_file() and "cannot be read" in err.read_text()  # submitit's log has the traceback
     assert f"v1_1_s0: failed (job {record['job_id']}: " in str(e.value) and f"log: {err}" in str(e.value)
     for name in ("v1_0_s0", "v1_2_s0"):
-        record = read_json(runs / name / "launcher.json")
+        record = read_json(tmp_path / name / "launcher.json")
         assert record["state"] == "completed" and Path(record["log"]).is_file()
-    assert (runs / "report.md").is_file()
+    assert (tmp_path / "report.md").is_file()
 
 
 ONE_ARM = """\
@@ -187,9 +185,7 @@ def test_reproduce_resumes_a_part_way_run_with_the_local_launcher(tmp_path, monk
 
     experiment = tmp_path / "one.yaml"
     experiment.write_text(ONE_ARM.format(configs=CONFIGS))
-    # in folders of their own: a sweep copies a completed run of the same inputs that it finds beside
-    # its runs dir (sweeps/reuse.py) instead of training it
-    reference, runs = tmp_path / "reference" / "one", tmp_path / "stopped" / "one"
+    reference, runs = tmp_path / "reference", tmp_path / "stopped"
     reproduce(experiment, "tiny", runs_dir=reference, progress=False, echo=quiet)
 
     finished = RunSummary.epoch_finished
