@@ -57,6 +57,31 @@ def test_dry_run_on_the_command_line_with_two_jobs_prices_one_thread_each(tmp_pa
     assert not runs.exists()
 
 
+def test_a_missing_rate_is_measured_at_the_threads_each_run_will_get(tmp_path, monkeypatch, mnist_root):
+    """With 2 jobs on 2 cores a run trains on 1 thread, so its rate is timed on 1 thread and cached
+    under 1 thread (a run's Runtime used to reset the threads to one per core while timing)."""
+    import torch
+
+    from centerexp.experiments import bench
+    from centerexp.experiments.estimate import measure_rates
+    from centerexp.training.speedcache import CACHE_FILE
+
+    (tmp_path / "MNIST").symlink_to(mnist_root / "MNIST")  # the real data, an empty speed cache
+    monkeypatch.setenv("CENTEREXP_DATA", str(tmp_path))
+    timed_on, real = [], bench.train_one_epoch
+    monkeypatch.setattr(bench, "train_one_epoch", lambda *a: timed_on.append(torch.get_num_threads()) or real(*a))
+    torch.set_num_threads(2)
+    rates = measure_rates("linear", "fp32", 1)
+
+    assert timed_on and set(timed_on) == {1}
+    assert rates["train"] > 0 and rates["eval"] > 0
+    cache = json.loads((tmp_path / CACHE_FILE).read_text())
+    entry = next(v for v in cache.values() if v["what"][:3] == ["rates", "linear", "fp32"])
+    assert entry["threads"] == 1 and entry["measured"] == rates
+    assert torch.get_num_threads() == 2  # the caller's threads come back
+    assert measure_rates("linear", "fp32", 1) == rates and len(timed_on) == 2  # read back, not timed again
+
+
 TWO_EXPERIMENTS = """\
 name: {name}
 title: a tiny pair of experiments that share an arm

@@ -98,15 +98,17 @@ def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int) ->
     return timed_rate(step, BATCH, steps, warmup, device)
 
 
-def bench_config(arch: str, precision: str, device_name: str) -> Config:
+def bench_config(arch: str, precision: str, device_name: str, threads: int | None = None) -> Config:
+    """A default run's config for ``arch``; ``threads``: the CPU threads (None: one per core)."""
     cfg = Config()
     cfg.model.arch, cfg.train.precision, cfg.train.device = arch, precision, device_name
+    cfg.train.threads = threads
     return cfg
 
 
-def centerexp_setup(arch: str, precision: str, device_name: str):
+def centerexp_setup(arch: str, precision: str, device_name: str, threads: int | None = None):
     """(config, runtime, parts, train split, test split) as a run of ``arch`` would have them."""
-    cfg = bench_config(arch, precision, device_name)
+    cfg = bench_config(arch, precision, device_name, threads)
     rt = Runtime.from_config(cfg)
     torch.manual_seed(0)
     parts = build_parts(cfg, rt.device, rt.channels_last, rt.conv_algorithms, rt.conv_layers)
@@ -114,13 +116,16 @@ def centerexp_setup(arch: str, precision: str, device_name: str):
     return cfg, rt, parts, train_split, test_split
 
 
-def centerexp_rates(arch: str, precision: str, device_name: str, steps: int, warmup: int) -> dict:
-    """Training and evaluation images/s of centerexp's own code, and the precision it ran in.
+def centerexp_rates(
+    arch: str, precision: str, device_name: str, steps: int, warmup: int, threads: int | None = None
+) -> dict:
+    """Training and evaluation images/s of centerexp's own code at ``threads`` CPU threads (None:
+    one per core), and the precision it ran in.
 
     Training is timed as one ``train_one_epoch`` call over ``steps`` batches of 256 resident
     images (after one over ``warmup`` batches), as in a run: one host sync per epoch, not per step.
     """
-    cfg, rt, parts, train_split, test_split = centerexp_setup(arch, precision, device_name)
+    cfg, rt, parts, train_split, test_split = centerexp_setup(arch, precision, device_name, threads)
 
     def epoch_over(first: int, batches: int) -> Split:
         s, e = first * BATCH, (first + batches) * BATCH

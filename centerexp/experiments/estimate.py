@@ -145,7 +145,8 @@ def measure_rates(arch: str, precision: str, threads: int) -> dict:
             return cached
         from centerexp.experiments.bench import centerexp_rates
 
-        r = centerexp_rates(arch, precision, "auto", RATE_STEPS, 1)  # takes the conv choices' cache lock itself
+        # at ``threads``: a run's Runtime sets the process's threads (to one per core unless told)
+        r = centerexp_rates(arch, precision, "auto", RATE_STEPS, 1, threads)  # takes the conv cache lock itself
         return remembered(Config(), what, lambda: {"train": r["train"], "eval": r["eval"]})[0]
     finally:
         torch.set_num_threads(before)
