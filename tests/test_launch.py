@@ -3,6 +3,7 @@ sequential path, record launcher.json, report a failed run with its log and skip
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -240,6 +241,20 @@ def test_spec_travels_as_json():
     spec = RunSpec(Path("/c/v1_0.yaml"), ("a=1",), Path("/r/v1_0_s0"), "new", "centerexp reproduce", {"arm": "v1_0"})
     back = local.spec_from_json(local.spec_to_json(spec))
     assert back == spec and back.identity == {"arm": "v1_0"}  # identity is not part of equality: checked too
+
+
+def test_a_worker_imports_the_launchers_centerexp_not_a_checkout_in_the_working_directory(tmp_path):
+    """`python -m` puts the working directory first on sys.path: a worker started in a checkout of
+    another version (or one being edited) trained that code, not the code that planned its runs."""
+    shadow = tmp_path / "centerexp"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the checkout in the working directory was imported')\n")
+    spec = RunSpec(Path("c.yaml"), (), tmp_path / "r", "new", "x", {})
+    assert local.worker_command(spec) == local.python_module_command("centerexp.sweeps.local", local.spec_to_json(spec))
+    ours = subprocess.run(local.python_module_command("centerexp", "--help"), cwd=tmp_path, capture_output=True, text=True)
+    assert ours.returncode == 0 and "Usage" in ours.stdout, ours.stderr
+    plain = subprocess.run([sys.executable, "-m", "centerexp", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert plain.returncode != 0 and "the checkout in the working directory was imported" in plain.stderr
 
 
 def test_worker_env_splits_cpus_and_hands_out_gpus(monkeypatch):

@@ -1,6 +1,6 @@
-"""The local launcher: ``--jobs 1`` trains in this process; ``--jobs N`` runs up to N
-``python -m centerexp.sweeps.local SPEC_JSON`` processes on this machine, each with 1/N of the CPU
-threads (a resumed run keeps its own count) and, when several GPUs exist, its own GPU."""
+"""The local launcher: ``--jobs 1`` trains in this process; ``--jobs N`` runs up to N worker
+processes (``centerexp.sweeps.local SPEC_JSON``) on this machine, each with 1/N of the CPU threads
+(a resumed run keeps its own count) and, when several GPUs exist, its own GPU."""
 
 import json
 import os
@@ -43,9 +43,21 @@ def spec_from_json(text: str) -> RunSpec:
     return RunSpec(**{**raw, **paths, "overrides": tuple(raw["overrides"])})
 
 
+# Where this process imported centerexp from. `python -m` would put the working directory first on a
+# worker's sys.path, so a checkout there (another version of the code, or one being edited) would
+# train instead of the code that planned the runs.
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+def python_module_command(module: str, *args: str) -> list[str]:
+    """``python -m module args`` that imports this process's centerexp, whatever the working directory."""
+    run = f"import runpy, sys; sys.path.insert(0, {PACKAGE_PARENT!r}); runpy.run_module({module!r}, run_name='__main__')"
+    return [sys.executable, "-c", run, *args]
+
+
 def worker_command(spec: RunSpec) -> list[str]:
     """The process that trains one spec for the local launcher (tests replace it to inject failures)."""
-    return [sys.executable, "-m", "centerexp.sweeps.local", spec_to_json(spec)]
+    return python_module_command("centerexp.sweeps.local", spec_to_json(spec))
 
 
 def worker_env(slot: int, jobs: int, devices: list[str]) -> dict:
