@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
     precision: str = "auto"  # auto (bf16 if a measured training step is >= 1.2x fp32) | fp32 | bf16
     channels_last: bool = True  # memory format for the conv nets; faster with oneDNN and cuDNN
-    conv_algo: str = "auto"  # auto (the fastest measured per layer shape) | library | toeplitz | fft
+    conv_algo: str = "auto"  # auto (the fastest measured per layer shape) | library | toeplitz | fft | fft_bf16
     deterministic: bool = False  # torch.use_deterministic_algorithms and friends
     threads: Optional[int] = None  # torch intra-op threads; null: torch's default (one per core)
     eval_every: Optional[int] = None  # also evaluate (and checkpoint) every N optimizer steps; null: epoch ends only
@@ -94,7 +94,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adam"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
-    "train.conv_algo": ("auto", "library", "toeplitz", "fft"),
+    "train.conv_algo": ("auto", "library", "toeplitz", "fft", "fft_bf16"),
 }
 
 # (check, what is expected) for numeric keys; None values pass (they mean "all"/"off").

@@ -393,7 +393,7 @@ def fft_at_7x7(c_in, c_out, kernel, padding, height, width, batch, precision, de
     from centerexp.training import conv
 
     fft = 0.5 if height == 7 else 2.0
-    return {a: {"fft": fft}.get(a, 1.0) for a in conv.ALGORITHMS if conv.applies(a, kernel, padding, height, width)}
+    return {a: {"fft": fft}.get(a, 1.0) for a in conv.candidates_for(kernel, padding, height, width, precision)}
 
 
 def library_everywhere(*args) -> dict:

@@ -116,7 +116,10 @@ def _evaluations_left(cfg: Config, done: int) -> int:
 
 
 def _rate_key(arch: str, precision: str) -> list[str]:
-    return ["rates", arch, precision, "batch 256"]
+    from centerexp.training.conv import ALGORITHMS
+
+    # a rate timed with auto's choice among fewer convolution algorithms is stale once one is added
+    return ["rates", arch, precision, "batch 256", "+".join(ALGORITHMS)]
 
 
 def store_rates(arch: str, precision: str, threads: int, rates: dict) -> None:

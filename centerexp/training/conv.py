@@ -1,8 +1,8 @@
 """Convolution algorithms for the ConvLayers, each exact in maths, chosen per layer shape.
 
 The library (oneDNN on CPU, cuDNN on CUDA) runs the 28x28 and 14x14 layers near matmul speed but
-not the 7x7 and 3x3 ones: a 5x5 kernel with padding 2 on a tiny map is mostly padding. Two other
-ways to compute the same linear map:
+not the 7x7 and 3x3 ones: a 5x5 kernel with padding 2 on a tiny map is mostly padding. Other ways
+to compute the same linear map:
 
 - ``toeplitz``: on a map no larger than the kernel (3x3 here) every output sees every input, so
   the layer is one dense matrix from ``cin*h*w`` to ``cout*h*w`` values. Its entries are the
@@ -10,10 +10,16 @@ ways to compute the same linear map:
 - ``fft``: the convolution theorem on an ``N1 x N2`` grid just large enough that the circular
   wrap-around only ever reads zeros (N = h + padding for a kernel of 2*padding+1). Transform,
   multiply frequency by frequency (a batched complex GEMM over channels), transform back. The
-  transforms are small fixed real matrices (built from torch.fft on unit vectors), so all three
-  phases are GEMMs: for 5x5 on 7x7 the per-frequency products do ~6x fewer multiply-adds than
-  direct convolution. Under autocast only the per-frequency products run in bf16; the transforms
-  stay in fp32, which is where a Fourier method loses precision.
+  2-D transforms go one axis at a time, each a small fixed real matrix (built from torch.fft on
+  unit vectors) with the complex arithmetic folded in, so every phase is a GEMM: for 5x5 on 14x14
+  the per-frequency products do ~4x fewer multiply-adds than direct convolution, and the
+  transforms ~5x fewer than one dense 2-D transform matrix would. Under autocast only the
+  per-frequency products run in bf16; the transforms stay in fp32.
+- ``fft_bf16``: ``fft`` with the transforms in bf16 too (fp32 accumulation inside each GEMM), under
+  bf16 autocast only. The transforms are then as fast as the products and no fp32 copies are
+  made, at the price of four more bf16 roundings (the transformed input, the products, the half-
+  way inverse and the matrices themselves): about twice the library's bf16 error, measured in
+  tests/test_conv.py and bounded there.
 
 ``Conv2d`` is ``nn.Conv2d`` with the same parameters and state_dict (checkpoints and old runs load
 unchanged) and a per-input-size choice of algorithm, set by ``use_algorithms``.
@@ -34,7 +40,8 @@ from centerexp.config import Config
 from centerexp.training.speedcache import median_seconds, remembered_all
 
 LIBRARY = "library"
-ALGORITHMS = (LIBRARY, "toeplitz", "fft")
+FFT_BF16 = "fft_bf16"
+ALGORITHMS = (LIBRARY, "toeplitz", "fft", FFT_BF16)
 MIN_SPEEDUP = 1.1  # over the library; repeated timings of one layer on a busy 2-core VM spread by a few %
 PROBE_REPEATS = 3  # timed forward + backward passes per algorithm at least, interleaved
 PROBE_MIN_SECONDS = 0.3  # and at least this long per layer shape in all
@@ -45,12 +52,15 @@ def shape_key(c_in: int, c_out: int, kernel: int, padding: int, height: int, wid
     return f"{c_in}->{c_out} k{kernel}p{padding} @{height}x{width}"
 
 
-def applies(algorithm: str, kernel: int, padding: int, height: int, width: int) -> bool:
-    """Whether ``algorithm`` computes this (stride 1, square kernel) layer; the library always does."""
+def applies(algorithm: str, kernel: int, padding: int, height: int, width: int, precision: str) -> bool:
+    """Whether ``algorithm`` computes this (stride 1, square kernel) layer in ``precision`` (the
+    run's resolved train.precision); the library always does."""
     if algorithm == "toeplitz":  # dense only pays where the map is no bigger than the kernel
         return height * width <= kernel * kernel
     if algorithm == "fft":
         return padding < kernel
+    if algorithm == FFT_BF16:  # in fp32 it would be fft itself
+        return padding < kernel and precision == "bf16"
     return algorithm == LIBRARY
 
 
@@ -81,60 +91,105 @@ def toeplitz_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------
-# FFT as three GEMMs
+# FFT as GEMMs
+
+
+def _grid(size: int, kernel: int, padding: int) -> int:
+    """The smallest circular grid along one axis whose wrap-around only ever reads zeros."""
+    return max(size + padding, size + kernel - 1 - padding)
+
+
+def _complex_as_real(m: torch.Tensor, complex_first: bool) -> torch.Tensor:
+    """The complex (p, q) matrix ``m`` as a real (2p, 2q) one acting on real and imaginary parts.
+    ``complex_first``: rows ordered (re/im, p) and columns (q, re/im), else rows (p, re/im) and
+    columns (re/im, q): the orders in which fft_conv's data arrive and must leave."""
+    real = torch.zeros(2, m.shape[0], m.shape[1], 2, dtype=torch.float64)
+    real[0, ..., 0], real[0, ..., 1], real[1, ..., 0], real[1, ..., 1] = m.real, -m.imag, m.imag, m.real
+    if not complex_first:
+        real = real.permute(1, 0, 3, 2)  # (p, re/im out, re/im in, q)
+    return real.reshape(2 * m.shape[0], 2 * m.shape[1])
 
 
 @functools.cache
 def _fourier_matrices(height: int, width: int, kernel: int, padding: int, dtype: torch.dtype, device: torch.device):
-    """(forward (2F, hw), kernel (2F, k*k), inverse real part (hw, F), inverse imaginary part (hw, F))
-    for the F frequencies of a real 2-D DFT; rows of the first two: all real parts, then all
-    imaginary parts. Built in float64 from torch.fft applied to unit vectors."""
-    n1 = max(height + padding, height + kernel - 1 - padding)
-    n2 = max(width + padding, width + kernel - 1 - padding)
-    units = torch.eye(height * width, dtype=torch.float64).view(-1, height, width)
-    forward = torch.fft.rfft2(units, s=(n1, n2)).reshape(height * width, -1).T  # (F, hw)
-    frequencies = forward.shape[0]
+    """The real matrices of the 2-D transforms, applied one axis at a time, in float64 from torch.fft
+    on unit vectors, then cast: (rows (2*F2, w): each row's real DFT, real parts then imaginary;
+    columns (2*N1, 2*h): the complex DFT down each column; inverse columns (2*h, 2*N1); inverse
+    rows (w, 2*F2): back to real values, keeping the first h x w of the grid). F2 = N2 // 2 + 1."""
+    n1, n2 = _grid(height, kernel, padding), _grid(width, kernel, padding)
+    rows = torch.fft.rfft(torch.eye(width, dtype=torch.float64), n=n2).T  # (F2, w)
+    columns = torch.fft.fft(torch.eye(height, dtype=torch.float64), n=n1).T  # (N1, h)
+    inverse_columns = torch.fft.ifft(torch.eye(n1, dtype=torch.complex128), dim=1)[:, :height].T  # (h, N1)
+    units = torch.eye(n2 // 2 + 1, dtype=torch.complex128)
+    inverse_rows = torch.cat(
+        [torch.fft.irfft(units, n=n2)[:, :width].T, torch.fft.irfft(1j * units, n=n2)[:, :width].T], dim=1
+    )
+    matrices = (
+        torch.cat([rows.real, rows.imag]),
+        _complex_as_real(columns, complex_first=True),
+        _complex_as_real(inverse_columns, complex_first=False),
+        inverse_rows,
+    )
+    return tuple(m.to(dtype=dtype, device=device).contiguous() for m in matrices)
+
+
+@functools.cache
+def _kernel_spectrum(height: int, width: int, kernel: int, padding: int, dtype: torch.dtype, device: torch.device):
+    """(2F, k*k): each kernel tap's spectrum on the grid, real parts then imaginary, conjugated
+    (Conv2d is a cross-correlation: the input's spectrum times the kernel's conjugate spectrum)."""
+    n1, n2 = _grid(height, kernel, padding), _grid(width, kernel, padding)
     taps = torch.zeros(kernel * kernel, n1, n2, dtype=torch.float64)
     for a in range(kernel):
         for b in range(kernel):
             taps[a * kernel + b, (a - padding) % n1, (b - padding) % n2] = 1
-    # Conv2d is a cross-correlation: the input's spectrum times the kernel's conjugate spectrum.
-    kernel_spectrum = torch.fft.rfft2(taps).reshape(kernel * kernel, -1).T.conj()  # (F, k*k)
-    unit_spectra = torch.eye(frequencies, dtype=torch.complex128).view(frequencies, n1, -1)
-    back_real = torch.fft.irfft2(unit_spectra, s=(n1, n2))[:, :height, :width].reshape(frequencies, -1)
-    back_imag = torch.fft.irfft2(1j * unit_spectra, s=(n1, n2))[:, :height, :width].reshape(frequencies, -1)
-    stack = lambda z: torch.cat([z.real, z.imag]).to(dtype=dtype, device=device).contiguous()  # noqa: E731
-    as_matrix = lambda m: m.T.contiguous().to(dtype=dtype, device=device)  # noqa: E731
-    return stack(forward), stack(kernel_spectrum), as_matrix(back_real), as_matrix(back_imag)
+    spectrum = torch.fft.rfft2(taps).reshape(kernel * kernel, -1).T.conj()  # (F, k*k)
+    return torch.cat([spectrum.real, spectrum.imag]).to(dtype=dtype, device=device).contiguous()
 
 
-def fft_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+def _fft_conv(x: torch.Tensor, weight: torch.Tensor, padding: int, low_precision_transforms: bool) -> torch.Tensor:
     n, c_in, h, w = x.shape
     c_out, k = weight.shape[0], weight.shape[-1]
     kind = x.device.type
     product_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
     with torch.autocast(kind, enabled=False):
-        x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-        to_freq, kernel_to_freq, back_real, back_imag = _fourier_matrices(h, w, k, padding, x.dtype, x.device)
-        f = back_real.shape[1]
-        spectrum = (to_freq @ x.permute(2, 3, 0, 1).reshape(h * w, n * c_in)).view(2, f, n, c_in)
-        w_spectrum = (kernel_to_freq @ weight.to(x.dtype).reshape(c_out * c_in, k * k).T).view(2, f, c_out, c_in)
-        w_spectrum = w_spectrum.transpose(2, 3)  # (2, F, cin, cout)
+        wide = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+        dtype = product_dtype if low_precision_transforms and product_dtype is not None else wide
+        rows, columns, inverse_columns, inverse_rows = _fourier_matrices(h, w, k, padding, dtype, x.device)
+        n1, f2 = columns.shape[0] // 2, rows.shape[0] // 2
+        f = n1 * f2
+        # Each image row's real DFT (h GEMMs sharing one matrix), then each column's complex DFT (one
+        # GEMM): (h, w, N) -> (h, re/im x F2, N) -> (re/im x N1, F2 x N) = (2, F, n, cin).
+        by_rows = x.permute(2, 3, 0, 1).to(dtype, memory_format=torch.contiguous_format)  # one copy: (h, w, n, cin)
+        by_rows = torch.matmul(rows, by_rows.reshape(h, w, n * c_in))
+        spectrum = (columns @ by_rows.view(2 * h, f2 * n * c_in)).view(2, f, n, c_in)
+        w_spectrum = _kernel_spectrum(h, w, k, padding, wide, x.device) @ weight.to(wide).reshape(c_out * c_in, k * k).T
+        w_spectrum = w_spectrum.view(2, f, c_out, c_in).transpose(2, 3)  # (2, F, cin, cout)
         if product_dtype is not None:
             spectrum, w_spectrum = spectrum.to(product_dtype), w_spectrum.to(product_dtype)
         (xr, xi), (wr, wi) = spectrum, w_spectrum
         yr = torch.baddbmm(torch.bmm(xr, wr), xi, wi, alpha=-1)  # (F, n, cout): complex product, real part
         yi = torch.baddbmm(torch.bmm(xr, wi), xi, wr)  # and imaginary part
-        yr, yi = yr.reshape(f, n * c_out).to(x.dtype), yi.reshape(f, n * c_out).to(x.dtype)
-        y = torch.addmm(back_real @ yr, back_imag, yi).view(h, w, n, c_out)
+        y = torch.stack([yr, yi]).to(dtype).view(2 * n1, f2 * n * c_out)
+        # and back: columns (one GEMM), then rows (h GEMMs), keeping the first h x w of the grid
+        by_columns = (inverse_columns @ y).view(h, 2 * f2, n * c_out)
+        y = torch.matmul(inverse_rows, by_columns).view(h, w, n, c_out)
     y = y.permute(2, 3, 0, 1).contiguous(memory_format=torch.channels_last)
     return y if product_dtype is None else y.to(product_dtype)
+
+
+def fft_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    return _fft_conv(x, weight, padding, low_precision_transforms=False)
+
+
+def fft_bf16_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    return _fft_conv(x, weight, padding, low_precision_transforms=True)
 
 
 FUNCTIONS = {
     LIBRARY: lambda x, weight, padding: F.conv2d(x, weight, padding=padding),
     "toeplitz": toeplitz_conv,
     "fft": fft_conv,
+    FFT_BF16: fft_bf16_conv,
 }
 
 
@@ -230,8 +285,13 @@ def measure_layer(
             y = FUNCTIONS[algorithm](x, weight, padding)
         y.float().sum().backward()
 
-    candidates = {a: lambda a=a: step(a) for a in ALGORITHMS if applies(a, kernel, padding, height, width)}
+    candidates = {a: lambda a=a: step(a) for a in candidates_for(kernel, padding, height, width, precision)}
     return median_seconds(candidates, device, PROBE_REPEATS, PROBE_MIN_SECONDS)
+
+
+def candidates_for(kernel: int, padding: int, height: int, width: int, precision: str) -> list[str]:
+    """The algorithms that apply to this layer shape in ``precision``, the library first."""
+    return [a for a in ALGORITHMS if applies(a, kernel, padding, height, width, precision)]
 
 
 def fastest(seconds: dict[str, float]) -> str:
@@ -252,7 +312,7 @@ def choose_algorithms(
     wanted = cfg.train.conv_algo
     if wanted != "auto":
         chosen = {
-            key: wanted if applies(wanted, layer.kernel_size[0], layer.padding[0], h, w) else LIBRARY
+            key: wanted if applies(wanted, layer.kernel_size[0], layer.padding[0], h, w, precision) else LIBRARY
             for key, (layer, h, w) in shapes.items()
         }
         return chosen, {"mode": "set in config (the library where it does not apply)"}, found
@@ -263,7 +323,10 @@ def choose_algorithms(
     for key, (layer, h, w) in shapes.items():
         args = (layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.padding[0], h, w)
         run = lambda args=args: (measure or measure_layer)(*args, batch, precision, device, channels_last)  # noqa: E731
-        wanted_measurements[key] = (["conv", key, f"batch {batch}", precision, layout], run)
+        # what was timed names the candidates: a measurement from before an algorithm existed is
+        # taken again rather than read back without it
+        timed = "+".join(candidates_for(*args[2:], precision))
+        wanted_measurements[key] = (["conv", key, f"batch {batch}", precision, layout, timed], run)
     seconds, from_cache, path = remembered_all(cfg, wanted_measurements)  # the cache file read once
     chosen = {key: fastest(s) for key, s in seconds.items()}
     how = {
