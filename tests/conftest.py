@@ -60,7 +60,9 @@ def library_wins(c_in, c_out, kernel, padding, height, width, batch, precision, 
     """Stands in for conv.measure_layer: every other algorithm that applies takes twice the library's time."""
     from centerexp.training import conv
 
-    return {a: 1.0 if a == conv.LIBRARY else 2.0 for a in conv.candidates_for(kernel, padding, height, width, precision)}
+    return {
+        a: 1.0 if a == conv.LIBRARY else 2.0 for a in conv.candidates_for(kernel, padding, height, width, precision)
+    }
 
 
 def seed_speed_cache(root: Path) -> None:

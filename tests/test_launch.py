@@ -251,7 +251,9 @@ def test_a_worker_imports_the_launchers_centerexp_not_a_checkout_in_the_working_
     (shadow / "__init__.py").write_text("raise ImportError('the checkout in the working directory was imported')\n")
     spec = RunSpec(Path("c.yaml"), (), tmp_path / "r", "new", "x", {})
     assert local.worker_command(spec) == local.python_module_command("centerexp.sweeps.local", local.spec_to_json(spec))
-    ours = subprocess.run(local.python_module_command("centerexp", "--help"), cwd=tmp_path, capture_output=True, text=True)
+    ours = subprocess.run(
+        local.python_module_command("centerexp", "--help"), cwd=tmp_path, capture_output=True, text=True
+    )
     assert ours.returncode == 0 and "Usage" in ours.stdout, ours.stderr
     plain = subprocess.run([sys.executable, "-m", "centerexp", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert plain.returncode != 0 and "the checkout in the working directory was imported" in plain.stderr

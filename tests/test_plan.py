@@ -101,9 +101,7 @@ claims:
 
 def experiment_file(tmp_path, name: str, first: str, override: str):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        TWO_EXPERIMENTS.format(name=name, first=first, first_override=override, configs=CONFIGS)
-    )
+    path.write_text(TWO_EXPERIMENTS.format(name=name, first=first, first_override=override, configs=CONFIGS))
     return path
 
 

@@ -51,7 +51,9 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 def python_module_command(module: str, *args: str) -> list[str]:
     """``python -m module args`` that imports this process's centerexp, whatever the working directory."""
-    run = f"import runpy, sys; sys.path.insert(0, {PACKAGE_PARENT!r}); runpy.run_module({module!r}, run_name='__main__')"
+    run = (
+        f"import runpy, sys; sys.path.insert(0, {PACKAGE_PARENT!r}); runpy.run_module({module!r}, run_name='__main__')"
+    )
     return [sys.executable, "-c", run, *args]
 
 
