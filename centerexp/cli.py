@@ -5,6 +5,7 @@ Errors the user can fix print one line (``error: ...``) and exit non-zero; trace
 """
 
 import functools
+import gc
 import os
 import shlex
 from pathlib import Path
@@ -356,7 +357,13 @@ def board(
 
 
 def main():
-    app()
+    try:
+        app()
+    finally:
+        # The interpreter's last garbage collection walks torch's and matplotlib's objects: 0.5 s
+        # of a small run's exit on the 2-core VMs (docs/performance.md). Everything that must reach
+        # disk was written and closed by now; the OS frees the memory.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -202,6 +202,29 @@ def test_a_small_run_draws_its_figures_after_training_and_leaves_determinism_at_
     assert "epoch 0.75" not in out
 
 
+def test_the_command_skips_the_interpreters_last_collection_however_it_ends(monkeypatch):
+    """gc.freeze() as `centerexp` exits, on success and on error exits alike: the interpreter's last
+    collection over torch's and matplotlib's objects was 0.5 s of a small run's wall time."""
+    from centerexp import cli
+
+    frozen = []
+    monkeypatch.setattr(cli.gc, "freeze", lambda: frozen.append(True))
+    for outcome in (None, SystemExit(3)):
+
+        def command(outcome=outcome):
+            if outcome is not None:
+                raise outcome
+
+        monkeypatch.setattr(cli, "app", command)
+        if outcome is None:
+            cli.main()
+        else:
+            with pytest.raises(SystemExit) as exited:
+                cli.main()
+            assert exited.value.code == 3
+    assert frozen == [True, True]
+
+
 def test_a_long_run_redraws_its_figures_while_it_trains(tmp_path, monkeypatch):
     """When drawing is due (here always), the evaluation draws the frames so far and the loss curves
     before its checkpoint, and the end draws only what is new: the same files, each frame once."""

@@ -1,5 +1,6 @@
 """What produced the numbers: software versions, machine, runtime choices and git commit (env.json)."""
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -54,13 +55,12 @@ def cpu_code_path() -> str:
 def env_info(runtime) -> dict:
     """Software, machine and runtime choices of this process (``runtime``: a runtime.Runtime)."""
     import torch
-    import torchvision
 
     device = runtime.device
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": importlib.metadata.version("torchvision"),  # importing it costs ~2 s
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -15,6 +15,7 @@ from centerexp.training.conv import use_algorithms
 from centerexp.training.data import Split, to_float
 from centerexp.training.losses import AuxiliaryLoss, build_aux_loss
 from centerexp.training.models import build_model
+from centerexp.training.optim import SGD, Adam, Optimizer, StepLR
 from centerexp.training.runtime import Runtime
 
 NUM_CLASSES = 10
@@ -30,9 +31,9 @@ class Parts:
 
     model: torch.nn.Module
     aux_loss: AuxiliaryLoss  # the center loss in every shipped config
-    optimizer: torch.optim.Optimizer
-    aux_optimizer: torch.optim.Optimizer | None  # SGD on the aux loss's trainable parameters, if any
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer: Optimizer
+    aux_optimizer: Optimizer | None  # SGD on the aux loss's trainable parameters, if any
+    scheduler: StepLR
     shuffle: torch.Generator
 
 
@@ -52,15 +53,16 @@ def build_parts(
     if conv_algorithms:
         use_algorithms(model, conv_algorithms, conv_layers)
     aux_loss = build_aux_loss(cfg.loss, NUM_CLASSES, cfg.model.feat_dim).to(device)
+    # optim.py: torch's update functions without torch.optim's classes (they import torch._dynamo).
     # foreach: one fused kernel sequence per step instead of one per parameter tensor.
     if cfg.train.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, foreach=True)
+        optimizer = SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, foreach=True)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
+        optimizer = Adam(model.parameters(), lr=cfg.train.lr, foreach=True)
     trainable = [p for p in aux_loss.parameters() if p.requires_grad]
-    aux_optimizer = torch.optim.SGD(trainable, lr=cfg.loss.center_lr) if trainable else None
+    aux_optimizer = SGD(trainable, lr=cfg.loss.center_lr) if trainable else None
     step = cfg.train.lr_step_epochs or 10**9  # null: a step that never comes, i.e. constant lr
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step, gamma=cfg.train.lr_gamma)
+    scheduler = StepLR(optimizer, step, gamma=cfg.train.lr_gamma)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     return Parts(model, aux_loss, optimizer, aux_optimizer, scheduler, shuffle)
 

@@ -26,13 +26,14 @@ def measure_step_rates(cfg: Config, device: torch.device, channels_last: bool) -
     """Training images/s of ``cfg.model`` in fp32 and bf16: forward, backward and an SGD step on
     random images, the two precisions interleaved so that a slow moment hits both alike."""
     from centerexp.training.models import build_model
+    from centerexp.training.optim import SGD
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = build_model(cfg.model).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+        optimizer = SGD(model.parameters(), lr=1e-6, momentum=0.9)
         x = torch.rand(PROBE_BATCH, 1, 28, 28, device=device)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         y = torch.randint(0, 10, (PROBE_BATCH,), device=device)
