@@ -2,6 +2,7 @@
 sequential path, record launcher.json, report a failed run with its log and skip a busy one."""
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,13 @@ def test_local_failure_is_reported_with_its_log_and_a_busy_run_is_skipped(tmp_pa
     assert record["state"] == "failed" and "cannot be read" in record["error"] and record["log"] == str(log)
 
 
-def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, sequential):
+def test_submitit_local_trains_the_same_runs_and_reports_a_failed_job(tmp_path, sequential, monkeypatch):
+    """Started from a folder holding another `centerexp` (a checkout being edited): submitit's workers
+    (`python -m submitit.core._submit`) still import the launcher's package, not that one."""
+    cwd = tmp_path / "elsewhere"
+    (cwd / "centerexp").mkdir(parents=True)
+    (cwd / "centerexp" / "__init__.py").write_text("raise ImportError('the checkout in the working directory')\n")
+    monkeypatch.chdir(cwd)
     break_run(sequential / "v1_1_s0", tmp_path / "v1_1_s0")
     out = []
     with pytest.raises(CenterexpError, match="1 of 3 runs did not finish") as e:
@@ -257,6 +264,21 @@ def test_a_worker_imports_the_launchers_centerexp_not_a_checkout_in_the_working_
     assert ours.returncode == 0 and "Usage" in ours.stdout, ours.stderr
     plain = subprocess.run([sys.executable, "-m", "centerexp", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert plain.returncode != 0 and "the checkout in the working directory was imported" in plain.stderr
+    # submitit's workers (local and Slurm) run `PYTHON -u -m submitit.core._submit`; PYTHON is this prefix
+    prefixed = subprocess.run(
+        [*shlex.split(jobs.package_first_python()), "-m", "centerexp", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert prefixed.returncode == 0 and "Usage" in prefixed.stdout, prefixed.stderr
+
+
+def test_the_slurm_batch_script_starts_python_with_the_launchers_package_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(submit.shutil, "which", lambda name: f"/usr/bin/{name}")
+    executor = submit.make_executor(LaunchOptions("slurm"), tmp_path, 3)
+    script = executor._make_submission_file_text(executor._submitit_command_str, "uid")
+    assert f"{jobs.package_first_python()} -u -m submitit.core._submit" in script
 
 
 def test_worker_env_splits_cpus_and_hands_out_gpus(monkeypatch):

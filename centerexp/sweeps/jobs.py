@@ -1,9 +1,11 @@
 """What every launcher shares: the options, how a run ended (``Outcome``), the ``Sweep`` bookkeeping
-(states, the progress bar, launcher.json), the registry of launchers, and how many CPU threads and
-which GPUs a job gets. A launcher module imports this; this imports no launcher.
+(states, the progress bar, launcher.json), the registry of launchers, how many CPU threads and
+which GPUs a job gets, and how a worker process imports this very centerexp. A launcher module
+imports this; this imports no launcher.
 """
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +27,29 @@ LAUNCHERS = {
     "slurm": "centerexp.sweeps.submitit_jobs:run_submitit",
 }
 LOG_DIR = "logs"  # under the runs dir: one log per local run, one folder per submitit job
+
+
+# Where this process imported centerexp from. `python -m` would put the working directory first on a
+# worker's sys.path, so a checkout there (another version of the code, or one being edited) would
+# train instead of the code that planned the runs.
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+def python_module_command(module: str, *args: str) -> list[str]:
+    """``python -m module args`` that imports this process's centerexp, whatever the working directory."""
+    run = (
+        f"import runpy, sys; sys.path.insert(0, {PACKAGE_PARENT!r}); runpy.run_module({module!r}, run_name='__main__')"
+    )
+    return [sys.executable, "-c", run, *args]
+
+
+def package_first_python() -> str:
+    """A shell prefix that starts this Python so that it imports this process's centerexp, for
+    launchers that add their own ``-m`` (submitit runs ``PYTHON -u -m submitit.core._submit``):
+    PYTHONSAFEPATH (Python >= 3.11) keeps the working directory off sys.path, and PYTHONPATH puts
+    this package's folder first."""
+    path = os.pathsep.join([PACKAGE_PARENT, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return shlex.join(["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={path}", sys.executable])
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from centerexp.sweeps.jobs import (
     cpu_count,
     cuda_devices,
     planned_threads,
+    python_module_command,
     tail_error,
 )
 from centerexp.sweeps.spec import RunSpec, train_spec
@@ -41,20 +42,6 @@ def spec_from_json(text: str) -> RunSpec:
     raw = json.loads(text)
     paths = {k: Path(raw[k]) for k in ("config", "run_dir")}
     return RunSpec(**{**raw, **paths, "overrides": tuple(raw["overrides"])})
-
-
-# Where this process imported centerexp from. `python -m` would put the working directory first on a
-# worker's sys.path, so a checkout there (another version of the code, or one being edited) would
-# train instead of the code that planned the runs.
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-
-
-def python_module_command(module: str, *args: str) -> list[str]:
-    """``python -m module args`` that imports this process's centerexp, whatever the working directory."""
-    run = (
-        f"import runpy, sys; sys.path.insert(0, {PACKAGE_PARENT!r}); runpy.run_module({module!r}, run_name='__main__')"
-    )
-    return [sys.executable, "-c", run, *args]
 
 
 def worker_command(spec: RunSpec) -> list[str]:

@@ -24,7 +24,16 @@ from submitit.core.utils import FailedSubmissionError, pickle_load
 from centerexp.errors import CenterexpError
 from centerexp.rundir import status
 from centerexp.rundir.folder import RunBusy
-from centerexp.sweeps.jobs import LaunchOptions, Outcome, Sweep, cpu_count, cuda_devices, planned_threads, tail_error
+from centerexp.sweeps.jobs import (
+    LaunchOptions,
+    Outcome,
+    Sweep,
+    cpu_count,
+    cuda_devices,
+    package_first_python,
+    planned_threads,
+    tail_error,
+)
 from centerexp.sweeps.spec import RunSpec, train_spec
 
 DEFAULT_TIME_MIN = {"slurm": 240, "submitit-local": 7 * 24 * 60}
@@ -55,14 +64,14 @@ def make_executor(options: LaunchOptions, log_dir: Path, n_jobs: int):
     folder = log_dir / "%j"
     minutes = options.time_min or DEFAULT_TIME_MIN[options.launcher]
     if options.launcher == "submitit-local":
-        executor = submitit.LocalExecutor(folder)
+        executor = submitit.LocalExecutor(folder, python=package_first_python())
         threads = max(1, cpu_count() // (options.jobs or 1))
         params = {"timeout_min": minutes, "setup": [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"]}
         executor.update_parameters(**params)
         return executor
     if shutil.which("sbatch") is None:
         raise CenterexpError("--launcher slurm: sbatch not found (run this on a Slurm login node)", 2)
-    executor = submitit.SlurmExecutor(folder)
+    executor = submitit.SlurmExecutor(folder, python=package_first_python())
     params = {
         "job_name": "centerexp",
         "time": minutes,
