@@ -16,7 +16,6 @@ import typer
 from centerexp.analysis import DEFAULT_THRESHOLDS
 from centerexp.config import CHOICES
 from centerexp.errors import CenterexpError
-from centerexp.rundir import files
 
 app = typer.Typer(
     help="Train, reproduce and compare center-loss experiments on MNIST.",
@@ -187,12 +186,12 @@ def plot(
     """Redraw a run's loss curves and feature GIF from its files, e.g. while it is still training
     (a run without per-evaluation frames gets its last feature plot from features.pt)."""
     from centerexp.rundir.folder import NOT_A_RUN, is_run_dir
-    from centerexp.rundir.records import metrics_columns
+    from centerexp.rundir.records import run_metrics
     from centerexp.training.outputs import redraw_run
 
     if not is_run_dir(run):
         raise CenterexpError(f"{run}: {NOT_A_RUN}", 2)
-    metrics = metrics_columns(run / files.METRICS)
+    metrics = run_metrics(run)
     if not metrics.get("epoch"):
         raise CenterexpError(f"{run}: no evaluation yet, nothing to plot")
     for path in redraw_run(run, metrics, gif):

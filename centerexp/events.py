@@ -25,7 +25,7 @@ import torch
 from centerexp.config import Config, flatten
 from centerexp.rundir import files
 from centerexp.rundir.folder import read_identity
-from centerexp.rundir.records import metrics_columns
+from centerexp.rundir.records import run_metrics
 from centerexp.rundir.schema import BY_NAME, METRIC_COLUMNS, METRICS
 
 FEATURES_IMAGE = "features"  # the tag of the feature figure
@@ -133,9 +133,10 @@ def wait_for_a_later_second(event_files: list[Path]) -> None:
         time.sleep(0.02)
 
 
-def frame_steps(run_dir: Path) -> list[tuple[int, Path]]:
-    """The feature frames a run kept (plots/features/), each with the step it shows."""
-    m = metrics_columns(Path(run_dir) / files.METRICS) if (Path(run_dir) / files.METRICS).exists() else {}
+def frame_steps(run_dir: Path, metrics: dict | None = None) -> list[tuple[int, Path]]:
+    """The feature frames a run kept (plots/features/), each with the step it shows (``metrics``:
+    the run's metrics.csv columns, if already read)."""
+    m = run_metrics(run_dir) if metrics is None else metrics
     pairs = zip(m.get("epoch", []), m.get("step", []))
     step_of_epoch = {int(e): int(s) for e, s in pairs if e == e and s == s and e == int(e)}  # NaN: e != e
     found = []
@@ -154,9 +155,8 @@ def write_records(events: RunEvents, run_dir: Path, cfg: Config, hparams: bool =
     step (None: no rows)."""
     if hparams:
         events.hparams(cfg, read_identity(run_dir))
-    path = Path(run_dir) / files.METRICS
-    m = metrics_columns(path) if path.exists() else {"step": []}
-    steps = [i for i, step in enumerate(m["step"]) if step == step]  # a row of run format 1 has no step
+    m = run_metrics(run_dir)
+    steps = [i for i, step in enumerate(m.get("step", [])) if step == step]  # a row of run format 1 has no step
     for i in steps:
         events.row({c: m[c][i] for c in METRIC_COLUMNS})
     return int(m["step"][steps[-1]]) if steps else None

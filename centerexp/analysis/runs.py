@@ -17,7 +17,7 @@ from centerexp.errors import CenterexpError
 from centerexp.rundir import files, status
 from centerexp.rundir.folder import NOT_A_RUN, is_run_dir, read_identity
 from centerexp.rundir.io import read_json
-from centerexp.rundir.records import metrics_columns
+from centerexp.rundir.records import run_metrics
 from centerexp.rundir.schema import TABLE_COLUMNS
 
 FRACTIONS = (0.25, 0.5, 1.0)  # where the secondaries are read, as fractions of the run's steps
@@ -94,7 +94,7 @@ def load_runs(paths: list[Path], warn=None, skip_quietly=()) -> list[Run]:
         try:
             cfg, dropped = read_run_config(path / files.CONFIG)
             summary = read_json(path / files.SUMMARY)
-            metrics = metrics_columns(path / files.METRICS) if (path / files.METRICS).exists() else {}
+            metrics = run_metrics(path)
         except (OSError, ValueError, KeyError, AttributeError, CenterexpError) as e:
             warn(f"skipping {path}: unreadable run files ({e})")
             continue

@@ -188,7 +188,8 @@ def reproduce(
     options = (launcher or LaunchOptions()).check()
     from centerexp.sweeps.reuse import runs_root
 
-    roots = [*map(Path, reuse), *filter(None, [runs_root(runs_dir)])]
+    default_root = runs_root(runs_dir)  # None outside a runs/ tree
+    roots = [Path(r) for r in reuse] + ([default_root] if default_root else [])
     session = Session(runs_dir, options, roots, progress, echo, rates)
     claims = replace(claim_set(experiment), sequential=design)
     if design is None:

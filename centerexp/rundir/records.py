@@ -19,8 +19,7 @@ from centerexp.rundir.schema import METRIC_COLUMNS, RUN_FORMAT
 
 def progress_from_metrics(run_dir: Path) -> dict:
     """The summary's progress fields, derived from metrics.csv (the one record of evaluations)."""
-    path = Path(run_dir) / files.METRICS
-    m = metrics_columns(path) if path.exists() else {}
+    m = run_metrics(run_dir)
     if not m.get("epoch"):
         return {"epochs_done": 0}
     accs, epochs = m["test_acc"], m["epoch"]
@@ -146,6 +145,12 @@ def _number(text: str | None) -> float:
         return float(text) if text not in (None, "") else math.nan
     except ValueError:
         return math.nan
+
+
+def run_metrics(run_dir: Path) -> dict[str, list[float]]:
+    """metrics_columns of the run's metrics.csv; {} for a run without one yet."""
+    path = Path(run_dir) / files.METRICS
+    return metrics_columns(path) if path.exists() else {}
 
 
 def metrics_columns(path: Path) -> dict[str, list[float]]:

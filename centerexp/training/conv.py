@@ -60,7 +60,7 @@ def applies(algorithm: str, kernel: int, padding: int, height: int, width: int, 
     if algorithm == "fft":
         return padding < kernel
     if algorithm == FFT_BF16:  # in fp32 it would be fft itself
-        return padding < kernel and precision == "bf16"
+        return applies("fft", kernel, padding, height, width, precision) and precision == "bf16"
     return algorithm == LIBRARY
 
 

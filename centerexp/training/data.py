@@ -44,6 +44,11 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root) if cfg.root else default_root()
 
 
+def raw_dir(root: Path) -> Path:
+    """Where the unpacked IDX files live under a data root (torchvision's MNIST layout)."""
+    return Path(root) / "MNIST" / "raw"
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -77,7 +82,7 @@ def prepare_mnist(root: Path, download: bool = False, packaged: Path = PACKAGED)
 
     Raises CenterexpError naming the file on a missing or corrupt file, never continues silently.
     """
-    raw = root / "MNIST" / "raw"
+    raw = raw_dir(root)
     try:
         raw.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -136,21 +141,20 @@ def read_idx(path: Path) -> torch.Tensor:
     """An IDX file of unsigned bytes (MNIST's format: two zero bytes, type 0x08, the number of
     dimensions, each dimension as a big-endian uint32, the data), as torchvision's MNIST reads it,
     without importing torchvision (whose import costs a small run seconds)."""
-    data = Path(path).read_bytes()
+    data = bytearray(Path(path).read_bytes())  # writable: torch.frombuffer warns on read-only bytes
     if data[:3] != b"\x00\x00\x08":
         raise CenterexpError(f"{path} is not an IDX file of unsigned bytes")
     dims = data[3]
     shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
-    return torch.frombuffer(bytearray(data[4 + 4 * dims :]), dtype=torch.uint8).view(*shape)
+    return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * dims).view(*shape)
 
 
 def load_mnist(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> tuple[Split, Split]:
     """Return (train, test) splits, subset as configured, resident on ``device``."""
-    root = prepare_mnist(data_root(cfg), download=cfg.download)
+    raw = raw_dir(prepare_mnist(data_root(cfg), download=cfg.download))
     splits = []
     test_seed = seed if cfg.test_subset_seed is None else cfg.test_subset_seed  # one test set for a whole sweep
     for prefix, n, subset_seed in (("train", cfg.train_subset, seed), ("t10k", cfg.test_subset, test_seed)):
-        raw = root / "MNIST" / "raw"
         images, labels = read_idx(raw / f"{prefix}-images-idx3-ubyte"), read_idx(raw / f"{prefix}-labels-idx1-ubyte")
         split = Split(images.unsqueeze(1), labels.long())
         split = _subset(split, n, cfg.subset_mode, subset_seed)

@@ -26,7 +26,7 @@ from centerexp.config import Config
 from centerexp.events import RunEvents, frame_steps, write_records
 from centerexp.rundir import files
 from centerexp.rundir.io import atomic_torch_save, atomic_write_bytes
-from centerexp.rundir.records import metrics_columns
+from centerexp.rundir.records import run_metrics
 
 REFRESH_SECONDS = 60.0  # a running run's figures are redrawn at most this often...
 REFRESH_SHARE = 0.05  # ...and take at most this share of its time
@@ -119,7 +119,7 @@ def draw_frames(run_dir: Path, one_basis: bool = False, writer: FrameWriter | No
     kept = sorted((run_dir / files.FEATURE_FRAMES).glob("*.pt"))  # epoch_NNN or step_NNNNNNN
     if not kept:
         return []
-    last = torch.load(kept[-1], weights_only=True)
+    last = torch.load(kept[-1], weights_only=True) if one_basis else None
     projection = plots.Projection.fit(last["panels"][-1][0]) if one_basis else None
     redraw_all = projection is not None and projection.components is not None
     todo = [p for p in kept if redraw_all or not _drawn(p)]
@@ -127,7 +127,7 @@ def draw_frames(run_dir: Path, one_basis: bool = False, writer: FrameWriter | No
     writer = writer or FrameWriter()
     try:
         for path in todo:
-            frame = last if path == kept[-1] else torch.load(path, weights_only=True)
+            frame = last if last is not None and path == kept[-1] else torch.load(path, weights_only=True)
             writer.draw([tuple(p) for p in frame["panels"]], path.with_suffix(".png"), frame["title"], projection)
         writer.wait()
     finally:
@@ -150,6 +150,19 @@ def feature_gif(run_dir: Path, ready: dict | None = None) -> Path | None:
     return out if plots.make_gif(frames, out, ready=ready) else None
 
 
+def draw_figures(run_dir: Path, metrics: dict, writer: FrameWriter, one_basis: bool) -> list[Path]:
+    """The frames not yet drawn (draw_frames), the loss curves once the run has rows, and with
+    ``writer.gif`` the feature GIF. Returns the files written."""
+    drawn = draw_frames(run_dir, one_basis, writer)
+    written = drawn + ([run_dir / files.FEATURES_PNG] if drawn else [])
+    if metrics.get("epoch"):  # none yet: a run stopped before its first evaluation
+        plots.plot_loss_curves(metrics, run_dir / files.LOSS_CURVES, run_dir.name)
+        written.append(run_dir / files.LOSS_CURVES)
+    if writer.gif and (path := feature_gif(run_dir, writer.palettes)):
+        written.append(path)
+    return written
+
+
 def redraw_run(run_dir: Path, metrics: dict[str, list[float]], gif: bool) -> list[Path]:
     """``centerexp plot``: a run's loss curves, the frames it kept but has not drawn (a run killed
     before its end), and its feature GIF; a run that kept no frames (the committed reference runs
@@ -157,17 +170,12 @@ def redraw_run(run_dir: Path, metrics: dict[str, list[float]], gif: bool) -> lis
     written."""
     run_dir = Path(run_dir)
     (run_dir / files.PLOTS).mkdir(exist_ok=True)
-    plots.plot_loss_curves(metrics, run_dir / files.LOSS_CURVES, run_dir.name)
-    written = [run_dir / files.LOSS_CURVES]
     writer = FrameWriter(gif)
     try:
-        drawn = draw_frames(run_dir, one_basis=True, writer=writer)
+        written = draw_figures(run_dir, metrics, writer, one_basis=True)
     finally:
         writer.close()
-    written += drawn + ([run_dir / files.FEATURES_PNG] if drawn else [])
-    if gif and (path := feature_gif(run_dir, writer.palettes)):
-        written.append(path)
-    elif not any((run_dir / files.FEATURE_FRAMES).glob("*.png")) and (run_dir / files.FEATURES).is_file():
+    if not any((run_dir / files.FEATURE_FRAMES).glob("*.png")) and (run_dir / files.FEATURES).is_file():
         last = torch.load(run_dir / files.FEATURES, weights_only=True)
         when = f"epoch {last['epoch']:g}" if last["epoch"] == int(last["epoch"]) else f"step {last['step']}"
         panel = (last["features"], last["labels"], last["centers"], f"test features ({when})")
@@ -225,15 +233,10 @@ class RunOutputs:
         ``final`` drawing, every frame on one basis and the GIF (plot.gif)."""
         start = time.monotonic()
         self.writer.gif = final and self.cfg.plot.gif
-        draw_frames(self.run_dir, one_basis=final, writer=self.writer)
-        path = self.run_dir / files.METRICS
-        metrics = metrics_columns(path) if path.exists() else {}
-        if metrics.get("epoch"):  # none yet: a run stopped before its first evaluation
-            plots.plot_loss_curves(metrics, self.run_dir / files.LOSS_CURVES, self.run_dir.name)
-        if self.writer.gif:
-            feature_gif(self.run_dir, self.writer.palettes)
+        metrics = run_metrics(self.run_dir)
+        draw_figures(self.run_dir, metrics, self.writer, one_basis=final)
         if self.events:
-            for step, png in frame_steps(self.run_dir):
+            for step, png in frame_steps(self.run_dir, metrics):
                 if png not in self.logged:
                     self.events.image(png, step)
                     self.logged.add(png)

@@ -62,9 +62,13 @@ class StopFlag:
     signum: int | None = None
 
     def check(self, epoch: int) -> None:
+        self.stop_if_set(f"during epoch {epoch}")
+
+    def stop_if_set(self, when: str) -> None:
+        """Raise Interrupted, saying ``when`` it stopped, if a signal arrived."""
         if self.signum is not None:
             name = signal.Signals(self.signum).name
-            raise Interrupted(f"stopped by {name} during epoch {epoch}", exit_code=128 + self.signum)
+            raise Interrupted(f"stopped by {name} {when}", exit_code=128 + self.signum)
 
 
 @contextlib.contextmanager
@@ -179,18 +183,18 @@ def _train_locked(cfg, run_dir: Path, resume: bool, allow_config_change: bool, c
                     outputs.evaluation(row, frame, when, train_set, tr, te, test_set, parts, last)
                     atomic_torch_save(checkpoint_dict(parts, cfg, pos, wall), ckpt_path)  # the commit point
                     summary.epoch_finished()
-                    where = f"epoch {epoch}/{cfg.train.epochs}, " if pos.perm is None else ""
+                    epoch_done = f"epoch {epoch}/{cfg.train.epochs}, " if pos.perm is None else ""
                     tqdm.write(
-                        f"{run_dir.name} {where}step {pos.step}/{total_steps}: "
+                        f"{run_dir.name} {epoch_done}step {pos.step}/{total_steps}: "
                         f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
                         f"test loss {te['loss']:.4f} acc {te['acc']:.4f} | {t2 - t0:.1f}s"
                     )
-                    if stop.signum is not None:  # arrived during evaluation: this stretch is complete and saved
-                        name = signal.Signals(stop.signum).name
-                        where = (
-                            f"epoch {epoch}" if pos.perm is None else f"step {pos.step}/{total_steps} in epoch {epoch}"
-                        )
-                        raise Interrupted(f"stopped by {name} after {where}", exit_code=128 + stop.signum)
+                    # A signal that arrived during the evaluation: this stretch is complete and saved.
+                    stop.stop_if_set(
+                        f"after epoch {epoch}"
+                        if pos.perm is None
+                        else f"after step {pos.step}/{total_steps} in epoch {epoch}"
+                    )
             outputs.draw(final=True)
     except Interrupted as e:
         summary.interrupted(str(e))
