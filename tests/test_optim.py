@@ -20,12 +20,15 @@ STEPS = 7
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in [(5, 3), (3,), (10, 2)]]
+    return [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in [(5, 3), (3,), (10, 2), (2, 2)]]
 
 
-def _grads(step: int, params) -> list[torch.Tensor]:
+def _grads(step: int, params) -> list[torch.Tensor | None]:
+    """Random gradients; the second parameter has none for the first two steps (its state starts
+    later) and the last never has one (it has no state): both as torch.optim skips them."""
     g = torch.Generator().manual_seed(1000 + step)
-    return [torch.randn(p.shape, generator=g) for p in params]
+    grads = [torch.randn(p.shape, generator=g) for p in params]
+    return [None if (i == 1 and step < 2) or i == len(params) - 1 else grad for i, grad in enumerate(grads)]
 
 
 def _run(make_opt, make_sched, params, steps=range(STEPS), opt=None, sched=None):
@@ -103,8 +106,30 @@ def test_a_checkpoint_written_by_either_resumes_in_the_other_to_the_same_bits(ca
     s2 = make_sched(second, o2)
     o2.load_state_dict(saved["opt"])
     s2.load_state_dict(saved["sched"])
+    assert o2.state_dict()["param_groups"] == saved["opt"]["param_groups"]
+    assert s2.state_dict() == saved["sched"]
     _run(None, None, resumed, steps=range(3, STEPS), opt=o2, sched=s2)
     for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+
+
+def test_an_adam_state_from_a_torch_without_decoupled_weight_decay_loads_with_the_default():
+    """torch before 2.7 wrote Adam's groups without that key; torch.optim fills it in, and so do we."""
+    params, ours = _params(), _params()
+    o, _, _ = _run(
+        lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), lambda o: optim.StepLR(o, 99), params, range(2)
+    )
+    old = o.state_dict()
+    del old["param_groups"][0]["decoupled_weight_decay"]
+    o.load_state_dict(old)
+    mine = optim.Adam(ours, lr=1e-3, foreach=True)
+    for p, q in zip(ours, params):
+        p.data.copy_(q.data)
+    mine.load_state_dict(old)
+    assert mine.param_groups[0]["decoupled_weight_decay"] is False
+    _run(None, None, params, range(2, 4), opt=o, sched=optim.StepLR(o, 99))
+    _run(None, None, ours, range(2, 4), opt=mine, sched=optim.StepLR(mine, 99))
+    for a, b in zip(params, ours):
         assert torch.equal(a, b)
 
 
@@ -117,9 +142,10 @@ def test_loaded_state_takes_the_parameters_dtype_and_is_not_shared_with_the_dict
     fresh.load_state_dict(saved)
     buffer = fresh.state[params[0]]["momentum_buffer"]
     assert buffer.dtype == torch.float32
-    before = saved["state"][1]["momentum_buffer"].clone()
-    fresh.state[params[1]]["momentum_buffer"].add_(1.0)
-    assert torch.equal(saved["state"][1]["momentum_buffer"], before)
+    assert sorted(saved["state"]) == [0, 2]  # the second parameter had no gradient yet, the last never
+    before = saved["state"][2]["momentum_buffer"].clone()
+    fresh.state[params[2]]["momentum_buffer"].add_(1.0)
+    assert torch.equal(saved["state"][2]["momentum_buffer"], before)
 
 
 def test_mismatched_state_and_bad_arguments_are_refused():
@@ -131,6 +157,10 @@ def test_mismatched_state_and_bad_arguments_are_refused():
         optim.SGD([], lr=0.1)
     with pytest.raises(TypeError, match="unknown hyperparameters"):
         optim.Adam(_params(), lr=0.1, momentum=0.9)
+    for unsupported in (optim.SGD(_params(), lr=0.1, fused=True), optim.Adam(_params(), amsgrad=True)):
+        unsupported.param_groups[0]["params"][0].grad = torch.ones(5, 3)
+        with pytest.raises(NotImplementedError, match="not supported"):
+            unsupported.step()
 
 
 def test_a_run_imports_neither_torch_dynamo_nor_torchvision(tmp_path):

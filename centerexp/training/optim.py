@@ -64,8 +64,10 @@ class Optimizer:
         for i, saved_state in state_dict["state"].items():
             p = param_of[i]
             self.state[p] = {k: _placed(k, v, p) for k, v in saved_state.items()}
+        # Keys a dict from an older torch lacks take their defaults, as torch.optim's __setstate__ does.
         self.param_groups = [
-            {**saved, "params": group["params"]} for saved, group in zip(saved_groups, self.param_groups)
+            {**self.defaults, **saved, "params": group["params"]}
+            for saved, group in zip(saved_groups, self.param_groups)
         ]
 
 
@@ -76,6 +78,13 @@ def _placed(key: str, value, param: torch.Tensor):
         return value.clone()
     dtype = param.dtype if param.is_floating_point() else value.dtype
     return value.to(dtype=dtype, device=param.device, copy=True)
+
+
+def _refuse(group: dict, *options: str) -> None:
+    """torch.optim modes this module does not implement: an error, not a silently different update."""
+    used = [name for name in options if group.get(name)]
+    if used:
+        raise NotImplementedError(f"optim: {', '.join(used)} not supported (use torch.optim)")
 
 
 class SGD(Optimizer):
@@ -94,6 +103,7 @@ class SGD(Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
+            _refuse(group, "fused", "differentiable")
             params = [p for p in group["params"] if p.grad is not None]
             with_momentum = group["momentum"] != 0
             buffers = [self.state[p].get("momentum_buffer") for p in params] if with_momentum else []
@@ -101,6 +111,7 @@ class SGD(Optimizer):
                 params,
                 [p.grad for p in params],
                 buffers,
+                has_sparse_grad=any(p.grad.is_sparse for p in params),
                 foreach=group["foreach"],
                 weight_decay=group["weight_decay"],
                 momentum=group["momentum"],
@@ -131,17 +142,22 @@ class Adam(Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            if group["amsgrad"] or group["capturable"] or group["fused"]:
-                raise NotImplementedError("Adam: amsgrad, capturable and fused are not supported")
+            _refuse(group, "amsgrad", "capturable", "fused", "differentiable")
             params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise NotImplementedError("Adam does not support sparse gradients")
             for p in params:
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    # On the CPU whatever the device, in the default float type's precision, as torch keeps it.
+                    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+                    state["step"] = torch.tensor(0.0, dtype=scalar, device="cpu")
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             states = [self.state[p] for p in params]
             beta1, beta2 = group["betas"]
+            # Passed only when set: torch before 2.7 has no such argument.
+            decoupled = {"decoupled_weight_decay": True} if group["decoupled_weight_decay"] else {}
             adam(
                 params,
                 [p.grad for p in params],
@@ -150,7 +166,8 @@ class Adam(Optimizer):
                 [],
                 [s["step"] for s in states],
                 foreach=group["foreach"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
+                has_complex=any(torch.is_complex(p) for p in params),
+                **decoupled,
                 amsgrad=False,
                 beta1=beta1,
                 beta2=beta2,
