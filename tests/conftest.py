@@ -87,7 +87,7 @@ def seed_speed_cache(root: Path) -> None:
     finally:
         torch.set_num_threads(before)
     # reproduce prices its plan at these rates instead of timing each model at batch 256
-    from centerexp.experiments.estimate import store_rates
+    from centerexp.experiments.rates import store_rates
     from centerexp.sweeps.jobs import cpu_count
 
     for arch in ("linear", "deep", "shallow"):

@@ -13,7 +13,11 @@ def test_flop_count_matches_the_known_v1_cost():
     assert flop_per_image("linear", torch.device("cpu")) < 1e5
 
 
-def test_bench_times_the_plain_loop_and_centerexp_in_each_precision():
+def test_bench_times_the_plain_loop_and_centerexp_in_each_precision(monkeypatch):
+    from centerexp.experiments import bench
+
+    stored = []  # not into the session's speed cache: other tests price plans from its fake rates
+    monkeypatch.setattr(bench, "store_rates", lambda *a, **k: stored.append((a, k)))
     lines = []
     result = run_bench(("linear",), steps=2, warmup=1, echo=lines.append)
     m = result["models"]["linear"]
@@ -26,6 +30,15 @@ def test_bench_times_the_plain_loop_and_centerexp_in_each_precision():
     assert m["centerexp_auto_images_per_s"] == m[f"centerexp_{m['auto_precision']}_images_per_s"]
     text = lines[0]
     assert "plain (seed) fp32" in text and "centerexp bf16" in text and "<- auto" in text
+    # bench's rates replace the speed cache's, at the threads they were timed at, for reproduce's plans
+    threads = result["env"]["threads"]
+    expected = {
+        p: {"train": m[f"centerexp_{p}_images_per_s"], "eval": m[f"eval_{p}_images_per_s"]} for p in ("fp32", "bf16")
+    }
+    assert sorted(stored, key=str) == sorted(
+        [(("linear", p, threads, rates), {"replace": True}) for p, rates in expected.items()], key=str
+    )
+    assert "rates are now in the speed cache" in text
     tb = result["tensorboard"]
     assert tb["seconds_per_evaluation"] > 0 and tb["embedding_seconds"] > 0 and tb["points"] == 5000
     assert "TensorBoard events (plot.tensorboard):" in text and "ms per evaluation" in text

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from centerexp.cli import app
-from centerexp.experiments.estimate import duration, store_rates
+from centerexp.experiments.estimate import duration
+from centerexp.experiments.rates import store_rates
 from centerexp.experiments.reproduce import reproduce
 from centerexp.rundir.folder import REUSED_FROM
 from centerexp.sweeps.reuse import input_key
@@ -18,6 +19,21 @@ from .conftest import CONFIGS
 
 def bf16_twice_as_fast(cfg, device, channels_last) -> dict:
     return {"fp32": 1.0, "bf16": 2.0}
+
+
+def test_stored_rates_are_what_the_estimate_reads_and_bench_replaces_them(tmp_path, monkeypatch):
+    from centerexp.experiments import rates
+
+    monkeypatch.setenv("CENTEREXP_DATA", str(tmp_path))
+    monkeypatch.setattr(rates, "centerexp_rates", lambda *a, **k: pytest.fail("measured, not read from the cache"))
+    store_rates("deep", "fp32", 1, {"train": 10.0, "eval": 100.0})
+    store_rates("deep", "fp32", 1, {"train": 20.0, "eval": 200.0})  # a test's fake: the first stays
+    assert rates.measure_rates("deep", "fp32", 1) == {"train": 10.0, "eval": 100.0}
+    store_rates("deep", "fp32", 1, {"train": 30.0, "eval": 300.0}, replace=True)  # what bench does
+    assert rates.measure_rates("deep", "fp32", 1) == {"train": 30.0, "eval": 300.0}
+    store_rates("deep", "fp32", 2, {"train": 1.0, "eval": 1.0}, replace=True)  # other threads: another entry
+    assert rates.measure_rates("deep", "fp32", 1)["train"] == 30.0
+    assert rates.measure_rates("deep", "fp32", 2)["train"] == 1.0
 
 
 def test_dry_run_prices_the_early_profile_from_the_speed_cache_and_writes_nothing(tmp_path, monkeypatch):
@@ -63,14 +79,16 @@ def test_a_missing_rate_is_measured_at_the_threads_each_run_will_get(tmp_path, m
     under 1 thread (a run's Runtime used to reset the threads to one per core while timing)."""
     import torch
 
-    from centerexp.experiments import bench
-    from centerexp.experiments.estimate import measure_rates
+    from centerexp.experiments import rates as rates_module
+    from centerexp.experiments.rates import measure_rates
     from centerexp.training.speedcache import CACHE_FILE
 
     (tmp_path / "MNIST").symlink_to(mnist_root / "MNIST")  # the real data, an empty speed cache
     monkeypatch.setenv("CENTEREXP_DATA", str(tmp_path))
-    timed_on, real = [], bench.train_one_epoch
-    monkeypatch.setattr(bench, "train_one_epoch", lambda *a: timed_on.append(torch.get_num_threads()) or real(*a))
+    timed_on, real = [], rates_module.train_one_epoch
+    monkeypatch.setattr(
+        rates_module, "train_one_epoch", lambda *a: timed_on.append(torch.get_num_threads()) or real(*a)
+    )
     torch.set_num_threads(2)
     rates = measure_rates("linear", "fp32", 1)
 

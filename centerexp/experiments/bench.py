@@ -15,7 +15,8 @@ shape's chosen algorithm, its speed and its share of the stack's time.
 Everything is timed the same way: images over wall time of ``steps`` whole steps after
 ``warmup`` untimed ones, with the device synchronised. FLOP per image is counted by torch's
 FlopCounterMode. From the measured rates, bench estimates the seconds of a full epoch and the
-wall time of `centerexp reproduce` for each shipped experiment's profiles on this machine. It also
+wall time of `centerexp reproduce` for each shipped experiment's profiles on this machine, and
+stores its rates where reproduce's plans read them (rates.py). It also
 times what a run's TensorBoard events cost (plot.tensorboard), against an epoch.
 """
 
@@ -29,32 +30,14 @@ import torch.nn.functional as F
 
 from centerexp.config import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, Config, ModelConfig
 from centerexp.experiments.bench_report import PRECISIONS, format_bench, reproduce_estimates
+from centerexp.experiments.rates import BATCH, bench_config, centerexp_rates, centerexp_setup, store_rates, timed_rate
 from centerexp.training import conv
-from centerexp.training.data import Split, data_root, load_mnist, prepare_mnist
-from centerexp.training.loop import build_parts, evaluate, train_one_epoch
+from centerexp.training.data import Split, data_root, prepare_mnist
+from centerexp.training.loop import train_one_epoch
 from centerexp.training.losses import CenterLoss
 from centerexp.training.models import build_model
 from centerexp.training.runtime import Runtime, resolve_device
 from centerexp.training.speedcache import median_seconds
-
-BATCH = 256
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_rate(step, images_per_step: int, steps: int, warmup: int, device: torch.device) -> float:
-    """Images/s of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return images_per_step * steps / (time.perf_counter() - start)
 
 
 def flop_per_image(arch: str, device: torch.device, batch: int = 8) -> float:
@@ -96,53 +79,6 @@ def plain_loop_rate(arch: str, device: torch.device, steps: int, warmup: int) ->
         center_opt.step()
 
     return timed_rate(step, BATCH, steps, warmup, device)
-
-
-def bench_config(arch: str, precision: str, device_name: str, threads: int | None = None) -> Config:
-    """A default run's config for ``arch``; ``threads``: the CPU threads (None: one per core)."""
-    cfg = Config()
-    cfg.model.arch, cfg.train.precision, cfg.train.device = arch, precision, device_name
-    cfg.train.threads = threads
-    return cfg
-
-
-def centerexp_setup(arch: str, precision: str, device_name: str, threads: int | None = None):
-    """(config, runtime, parts, train split, test split) as a run of ``arch`` would have them."""
-    cfg = bench_config(arch, precision, device_name, threads)
-    rt = Runtime.from_config(cfg)
-    torch.manual_seed(0)
-    parts = build_parts(cfg, rt.device, rt.channels_last, rt.conv_algorithms, rt.conv_layers)
-    train_split, test_split = load_mnist(cfg.data, 0, rt.device)
-    return cfg, rt, parts, train_split, test_split
-
-
-def centerexp_rates(
-    arch: str, precision: str, device_name: str, steps: int, warmup: int, threads: int | None = None
-) -> dict:
-    """Training and evaluation images/s of centerexp's own code at ``threads`` CPU threads (None:
-    one per core), and the precision it ran in.
-
-    Training is timed as one ``train_one_epoch`` call over ``steps`` batches of 256 resident
-    images (after one over ``warmup`` batches), as in a run: one host sync per epoch, not per step.
-    """
-    cfg, rt, parts, train_split, test_split = centerexp_setup(arch, precision, device_name, threads)
-
-    def epoch_over(first: int, batches: int) -> Split:
-        s, e = first * BATCH, (first + batches) * BATCH
-        return Split(train_split.images[s:e], train_split.labels[s:e])
-
-    train_one_epoch(parts, epoch_over(0, warmup), cfg, rt, 1)  # warm-up: kernel choice, allocations
-    timed = epoch_over(warmup, steps)
-    train_rate = timed_rate(lambda: train_one_epoch(parts, timed, cfg, rt, 1), BATCH * steps, 1, 0, rt.device)
-    eval_images = min(len(test_split), cfg.train.eval_batch_size)
-    part = Split(test_split.images[:eval_images], test_split.labels[:eval_images])
-    return {
-        "precision": rt.precision,
-        "choice": rt.precision_choice,
-        "conv_algorithms": rt.conv_algorithms,
-        "train": train_rate,
-        "eval": timed_rate(lambda: evaluate(parts, part, cfg, rt), eval_images, 1, 1, rt.device),
-    }
 
 
 def conv_stack_ceiling(
@@ -263,6 +199,10 @@ def run_bench(
         chosen = ours[auto.precision]["conv_algorithms"]
         fast_ceiling = conv_stack_ceiling(arch, auto.precision, device, steps, warmup, chosen)
         rates[arch] = {p: {"train": ours[p]["train"], "eval": ours[p]["eval"]} for p in timed}
+        if device_name == "auto":  # the device reproduce's estimate times on: its plans use these rates
+            for p in timed:
+                store_rates(arch, p, ours[p]["threads"], rates[arch][p], replace=True)
+            result["stored_rates"] = True
         rates[arch]["auto"] = rates[arch][auto.precision]
         result["env"] = env_info(auto)
         m = {

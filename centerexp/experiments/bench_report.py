@@ -118,6 +118,8 @@ def format_bench(r: dict) -> str:
     for name, profiles in r.get("reproduce_estimates", {}).items():
         shown = ", ".join(f"{p} ({e['seeds']} seeds) {_duration(e['seconds'])}" for p, e in profiles.items())
         lines.append(f"  {name}: {shown}")
+    if r.get("stored_rates"):
+        lines.append("These rates are now in the speed cache: reproduce prices its plans on this machine with them.")
     if r.get("tensorboard"):
         tb = r["tensorboard"]
         arch, m = next(iter(r["models"].items()))

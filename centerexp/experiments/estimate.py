@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from centerexp.config import MNIST_TEST_IMAGES, Config, load_config, steps_per_epoch, train_images
+from centerexp.experiments.rates import measure_rates
 from centerexp.rundir import files, status
 from centerexp.rundir.folder import is_run_dir
 from centerexp.rundir.records import progress_from_metrics
 from centerexp.sweeps.spec import RunSpec
-
-RATE_STEPS = 2  # timed steps of batch 256 when a rate is missing from the cache (after one warm-up step)
 
 
 @dataclass
@@ -113,51 +112,6 @@ def _evaluations_left(cfg: Config, done: int) -> int:
     points = {s for e in range(cfg.train.epochs) for s in range(e * per_epoch + every, (e + 1) * per_epoch, every)}
     points |= {(e + 1) * per_epoch for e in range(cfg.train.epochs)}
     return sum(s > done for s in points)
-
-
-def _rate_key(arch: str, precision: str) -> list[str]:
-    from centerexp.training.conv import ALGORITHMS
-
-    # a rate timed with auto's choice among fewer convolution algorithms is stale once one is added
-    return ["rates", arch, precision, "batch 256", "+".join(ALGORITHMS)]
-
-
-def store_rates(arch: str, precision: str, threads: int, rates: dict) -> None:
-    """Put {"train", "eval"} images/s into the speed cache as if measured (bench's own figures, or
-    a test's fake ones)."""
-    import torch
-
-    from centerexp.training.speedcache import remembered
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        remembered(Config(), _rate_key(arch, precision), lambda: dict(rates))
-    finally:
-        torch.set_num_threads(before)
-
-
-def measure_rates(arch: str, precision: str, threads: int) -> dict:
-    """{"train", "eval"} images/s of ``arch`` in ``precision`` at ``threads`` CPU threads, from the
-    speed cache, else measured now (and cached) the way `centerexp bench` measures."""
-    import torch
-
-    from centerexp.training.speedcache import lookup, remembered
-
-    what = _rate_key(arch, precision)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        cached = lookup(Config(), what)
-        if cached is not None:
-            return cached
-        from centerexp.experiments.bench import centerexp_rates
-
-        # at ``threads``: a run's Runtime sets the process's threads (to one per core unless told)
-        r = centerexp_rates(arch, precision, "auto", RATE_STEPS, 1, threads)  # takes the conv cache lock itself
-        return remembered(Config(), what, lambda: {"train": r["train"], "eval": r["eval"]})[0]
-    finally:
-        torch.set_num_threads(before)
 
 
 def machine_text(precisions: set[str], threads: int) -> str:

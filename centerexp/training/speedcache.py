@@ -51,15 +51,17 @@ def _read(path: Path) -> dict:
         return {}  # missing or damaged: measure again
 
 
-def remembered(cfg: Config, what: list[str], measure: Callable[[], dict]) -> tuple[dict, bool, Path]:
+def remembered(
+    cfg: Config, what: list[str], measure: Callable[[], dict], replace: bool = False
+) -> tuple[dict, bool, Path]:
     """(measurement, whether it came from the cache, the cache's path): ``measure()`` for ``what``
-    on this machine, taken once and then read back."""
-    values, cached, path = remembered_all(cfg, {"": (what, measure)})
+    on this machine, taken once and then read back; with ``replace``, taken now and stored."""
+    values, cached, path = remembered_all(cfg, {"": (what, measure)}, replace)
     return values[""], cached[""], path
 
 
 def remembered_all(
-    cfg: Config, wanted: dict[str, tuple[list[str], Callable[[], dict]]]
+    cfg: Config, wanted: dict[str, tuple[list[str], Callable[[], dict]]], replace: bool = False
 ) -> tuple[dict[str, dict], dict[str, bool], Path]:
     """``remembered`` for several measurements at once (name -> (what, measure)): the cache is read
     once, and each missing measurement is taken and written as it comes. Returns (name ->
@@ -76,7 +78,7 @@ def remembered_all(
         cache = _read(path)
         for name, (what, measure) in wanted.items():
             key = cache_key(signature, *what)
-            cached[name] = key in cache
+            cached[name] = key in cache and not replace
             if cached[name]:
                 values[name] = cache[key]["measured"]
                 continue
