@@ -2,14 +2,17 @@
 runs them (`centerexp bench`), and the speed cache's copy that `reproduce` prices its plans with
 (estimate.py): read back when present, timed when missing, replaced by bench's longer timing."""
 
+import contextlib
 import time
 
 import torch
 
 from centerexp.config import Config
+from centerexp.training.conv import ALGORITHMS
 from centerexp.training.data import Split, load_mnist
 from centerexp.training.loop import build_parts, evaluate, train_one_epoch
 from centerexp.training.runtime import Runtime
+from centerexp.training.speedcache import lookup, remembered
 
 BATCH = 256
 RATE_STEPS = 2  # timed steps of batch 256 when a rate is missing from the cache (after one warm-up step)
@@ -80,44 +83,37 @@ def centerexp_rates(
     }
 
 
-def _rate_key(arch: str, precision: str) -> list[str]:
-    from centerexp.training.conv import ALGORITHMS
+@contextlib.contextmanager
+def _at_threads(threads: int):
+    """This process's torch threads set to ``threads`` for the block, the caller's after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
+
+def _rate_key(arch: str, precision: str) -> list[str]:
     # a rate timed with auto's choice among fewer convolution algorithms is stale once one is added
-    return ["rates", arch, precision, "batch 256", "+".join(ALGORITHMS)]
+    return ["rates", arch, precision, f"batch {BATCH}", "+".join(ALGORITHMS)]
 
 
 def store_rates(arch: str, precision: str, threads: int, rates: dict, replace: bool = False) -> None:
     """Put {"train", "eval"} images/s into the speed cache as if measured (bench's own figures, which
     ``replace`` what was there, or a test's fake ones)."""
-    import torch
-
-    from centerexp.training.speedcache import remembered
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _at_threads(threads):  # the cache keys a rate by the threads it was timed at
         remembered(Config(), _rate_key(arch, precision), lambda: dict(rates), replace)
-    finally:
-        torch.set_num_threads(before)
 
 
 def measure_rates(arch: str, precision: str, threads: int) -> dict:
     """{"train", "eval"} images/s of ``arch`` in ``precision`` at ``threads`` CPU threads, from the
     speed cache, else measured now (and cached) the way `centerexp bench` measures."""
-    import torch
-
-    from centerexp.training.speedcache import lookup, remembered
-
     what = _rate_key(arch, precision)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _at_threads(threads):
         cached = lookup(Config(), what)
         if cached is not None:
             return cached
         # at ``threads``: a run's Runtime sets the process's threads (to one per core unless told)
         r = centerexp_rates(arch, precision, "auto", RATE_STEPS, 1, threads)  # takes the conv cache lock itself
         return remembered(Config(), what, lambda: {"train": r["train"], "eval": r["eval"]})[0]
-    finally:
-        torch.set_num_threads(before)

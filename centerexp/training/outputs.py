@@ -120,7 +120,7 @@ def draw_frames(run_dir: Path, one_basis: bool = False, writer: FrameWriter | No
     if not kept:
         return []
     last = torch.load(kept[-1], weights_only=True) if one_basis else None
-    projection = plots.Projection.fit(last["panels"][-1][0]) if one_basis else None
+    projection = plots.Projection.fit(last["panels"][-1][0]) if last is not None else None
     redraw_all = projection is not None and projection.components is not None
     todo = [p for p in kept if redraw_all or not _drawn(p)]
     own = writer is None
